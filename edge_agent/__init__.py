@@ -1,0 +1,1 @@
+"""VitalBridge edge agent: runs on the gateway (Raspberry Pi), CPython only."""

@@ -1,0 +1,1 @@
+"""VitalBridge simulator."""
