@@ -17,7 +17,7 @@ class ValidationError(ProtocolError):
     """A decoded value breaks a rule. `field` names what was wrong."""
 
     def __init__(self, field, message):
-        ProtocolError.__init__(self, "%s: %s" % (field, message))
+        super().__init__("%s: %s" % (field, message))
         self.field = field
         self.reason = message
 

@@ -14,3 +14,7 @@ settings.register_profile(
 )
 settings.register_profile("long", max_examples=100_000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+# tests/mpy/ holds plain modules for the MicroPython port (run by test_micropython_port.py),
+# not pytest modules; their names also clash with tests/protocol/.
+collect_ignore = ["mpy"]

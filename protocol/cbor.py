@@ -1,0 +1,579 @@
+"""Deterministic CBOR (RFC 8949) for the VitalBridge wire format.
+
+The data model is deliberately small: None, bool, int in [-2**64, 2**64-1], float, byte
+strings, text strings, arrays, maps and tags (`Tag`). `dumps` emits exactly one encoding
+for each value: shortest arguments, definite lengths, shortest exact float, and map keys
+in length-first order (RFC 8949 §4.2.3, the RFC 7049 canonical order), which is what
+cbor2 6.x produces with `canonical=True`; see docs/cbor.md for why not §4.2.1 bytewise order.
+
+`loads` treats its input as hostile: it is iterative (no recursion, whatever the nesting),
+checks every declared length against the remaining input before slicing, bounds depth,
+item count and input size, and raises only `DecodeError`. Indefinite lengths are refused
+on purpose: a deterministic encoder never emits them, and refusing them keeps every size
+known before anything is allocated.
+
+Encoding a Python value outside the model is a programming error, not bad input: `dumps`
+raises `ValueError` (never a `protocol.errors` class) naming the offending type or value.
+
+Runs on MicroPython: no `int.bit_length`, half floats are converted by hand.
+"""
+
+import struct
+import sys
+
+from protocol.errors import DecodeError
+
+__all__ = ["Tag", "dumps", "loads", "pure_dumps", "pure_loads", "DecodeError", "BACKEND"]
+
+UINT64_MAX = 0xFFFFFFFFFFFFFFFF
+# Nesting of arrays, maps and tags that `dumps` will follow; deeper (or cyclic) values
+# raise ValueError instead of exhausting the C stack, which is small on an ESP32.
+MAX_ENCODE_DEPTH = 64
+
+_NAN_BYTES = b"\xf9\x7e\x00"
+# MicroPython's str(b, "utf-8") accepts overlongs, surrogates and code points > U+10FFFF.
+_LOOSE_UTF8 = sys.implementation.name != "cpython"
+
+
+class Tag:
+    """A CBOR tag (major type 6): tag number `tag` applied to `value`."""
+
+    __slots__ = ("tag", "value")
+
+    def __init__(self, tag, value):
+        if isinstance(tag, bool) or not isinstance(tag, int) or tag < 0 or tag > UINT64_MAX:
+            raise ValueError("CBOR tag number must be an int in [0, 2**64-1], got %r" % (tag,))
+        self.tag = tag
+        self.value = value
+
+    def __eq__(self, other):
+        return isinstance(other, Tag) and self.tag == other.tag and self.value == other.value
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+    def __hash__(self):
+        # Raises TypeError when the value is unhashable, like a tuple holding a list.
+        return hash((self.tag, self.value))
+
+    def __repr__(self):
+        return "Tag(%d, %r)" % (self.tag, self.value)
+
+
+# ---------------------------------------------------------------- floats
+
+
+def _single_bits_to_half(bits):
+    """Half-float bits equal in value to the binary32 `bits`, or -1 if none is exact."""
+    sign = (bits >> 16) & 0x8000
+    exp = (bits >> 23) & 0xFF
+    mant = bits & 0x7FFFFF
+    if exp == 0xFF:
+        return sign | (0x7E00 if mant else 0x7C00)
+    if exp == 0:
+        # Zero fits; binary32 subnormals are below 2**-126, far under half's 2**-24.
+        return sign if mant == 0 else -1
+    e = exp - 127
+    if -14 <= e <= 15:
+        if mant & 0x1FFF:
+            return -1
+        return sign | ((e + 15) << 10) | (mant >> 13)
+    if -24 <= e < -14:
+        # Half subnormal m * 2**-24: m = (1.mant as 24-bit int) >> shift, exact only if
+        # the shifted-out bits are zero.
+        full = mant | 0x800000
+        shift = -1 - e
+        if full & ((1 << shift) - 1):
+            return -1
+        return sign | (full >> shift)
+    return -1
+
+
+def _half_to_float(h):
+    mant = h & 0x3FF
+    exp = (h >> 10) & 0x1F
+    if exp == 0:
+        value = mant / 16777216.0  # mant * 2**-24, exact
+    elif exp == 0x1F:
+        value = float("nan") if mant else float("inf")
+    else:
+        # (1024 + mant) * 2**(exp - 25); both operands and the quotient are exact floats.
+        value = float((1024 + mant) << exp) / 33554432.0
+    return -value if h & 0x8000 else value
+
+
+def _float_bytes(x):
+    """The shortest of half/single/double that holds `x` exactly (NaN is always f97e00)."""
+    if x != x:
+        return _NAN_BYTES
+    try:
+        single = struct.pack(">f", x)
+    except OverflowError:  # CPython refuses; MicroPython yields inf, caught by the compare
+        single = None
+    if single is not None and struct.unpack(">f", single)[0] == x:
+        half = _single_bits_to_half(struct.unpack(">I", single)[0])
+        if half >= 0:
+            return bytes((0xF9, half >> 8, half & 0xFF))
+        return b"\xfa" + single
+    return b"\xfb" + struct.pack(">d", x)
+
+
+# ---------------------------------------------------------------- encoder
+
+
+def _put_head(out, major_bits, n):
+    if n < 24:
+        out.append(major_bits | n)
+    elif n < 0x100:
+        out.append(major_bits | 24)
+        out.append(n)
+    elif n < 0x10000:
+        out += struct.pack(">BH", major_bits | 25, n)
+    elif n < 0x100000000:
+        out += struct.pack(">BI", major_bits | 26, n)
+    else:
+        out += struct.pack(">BQ", major_bits | 27, n)
+
+
+def _key_order(pair):
+    key = pair[0]
+    return (len(key), key)
+
+
+def _put_int(out, n):
+    if n >= 0:
+        if n > UINT64_MAX:
+            raise ValueError("int %d is above 2**64-1 (bignums are not supported)" % n)
+        _put_head(out, 0x00, n)
+    else:
+        n = -1 - n
+        if n > UINT64_MAX:
+            raise ValueError("int %d is below -2**64 (bignums are not supported)" % (-1 - n))
+        _put_head(out, 0x20, n)
+
+
+def _check_depth(depth):
+    if depth >= MAX_ENCODE_DEPTH:
+        raise ValueError("value nests deeper than %d levels (or is cyclic)" % MAX_ENCODE_DEPTH)
+
+
+def _encode_into(obj, out, depth):
+    # Exact-type tests first: they are the common case and cheaper than isinstance.
+    kind = type(obj)
+    if kind is int:
+        _put_int(out, obj)
+    elif kind is str:
+        raw = obj.encode("utf-8")
+        _put_head(out, 0x60, len(raw))
+        out += raw
+    elif kind is float:
+        out += _float_bytes(obj)
+    elif kind is dict:
+        _check_depth(depth)
+        _encode_map(obj, out, depth + 1)
+    elif kind is list or kind is tuple:
+        _check_depth(depth)
+        _put_head(out, 0x80, len(obj))
+        for item in obj:
+            _encode_into(item, out, depth + 1)
+    elif obj is None:
+        out.append(0xF6)
+    elif obj is False:
+        out.append(0xF4)
+    elif obj is True:
+        out.append(0xF5)
+    else:
+        _encode_other(obj, out, depth)
+
+
+def _encode_other(obj, out, depth):
+    """Byte strings, tags, and subclasses of the model's types."""
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        raw = bytes(obj)
+        _put_head(out, 0x40, len(raw))
+        out += raw
+    elif isinstance(obj, Tag):
+        _check_depth(depth)
+        if obj.tag == 2 or obj.tag == 3:
+            raise ValueError("tags 2/3 (bignums) are outside the supported model")
+        _put_head(out, 0xC0, obj.tag)
+        _encode_into(obj.value, out, depth + 1)
+    elif isinstance(obj, bool):  # before int: bool is an int subclass on CPython
+        out.append(0xF5 if obj else 0xF4)
+    elif isinstance(obj, int):
+        _put_int(out, obj)
+    elif isinstance(obj, str):
+        raw = obj.encode("utf-8")
+        _put_head(out, 0x60, len(raw))
+        out += raw
+    elif isinstance(obj, float):
+        out += _float_bytes(obj)
+    elif isinstance(obj, dict):
+        _check_depth(depth)
+        _encode_map(obj, out, depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        _check_depth(depth)
+        _put_head(out, 0x80, len(obj))
+        for item in obj:
+            _encode_into(item, out, depth + 1)
+    else:
+        raise ValueError(
+            "cannot encode %s as CBOR: outside the supported model" % type(obj).__name__
+        )
+
+
+# Encodings of the one-byte int keys -24..23 (all SenML, COSE and CWT labels we use).
+_SMALL_INT_KEYS = tuple(bytes((k if k >= 0 else 0x20 | (-1 - k),)) for k in range(-24, 24))
+
+
+def _encode_key(key, depth):
+    kind = type(key)
+    if kind is int and -24 <= key < 24:
+        return _SMALL_INT_KEYS[key + 24]
+    if kind is str:
+        raw = key.encode("utf-8")
+        if len(raw) < 24:
+            return bytes((0x60 | len(raw),)) + raw
+    out = bytearray()
+    _encode_into(key, out, depth)
+    return bytes(out)
+
+
+def _encode_map(obj, out, depth):
+    pairs = [(_encode_key(key, depth), value) for key, value in obj.items()]
+    pairs.sort(key=_key_order)
+    _put_head(out, 0xA0, len(pairs))
+    previous = None
+    for key_bytes, value in pairs:
+        if key_bytes == previous:
+            # Distinct Python keys with one encoding, e.g. two NaN objects.
+            raise ValueError("two map keys encode to the same CBOR bytes")
+        previous = key_bytes
+        out += key_bytes
+        _encode_into(value, out, depth)
+
+
+def pure_dumps(obj):
+    """Deterministic CBOR encoding of `obj`; ValueError if it is outside the model."""
+    out = bytearray()
+    _encode_into(obj, out, 0)
+    return bytes(out)
+
+
+# ---------------------------------------------------------------- decoder
+
+_ARRAY = 0
+_MAP = 1
+_TAG = 2
+
+
+def _decode_text(raw, offset):
+    try:
+        text = str(raw, "utf-8")
+    except UnicodeError:
+        raise DecodeError("invalid UTF-8 in text string at offset %d" % offset) from None
+    if _LOOSE_UTF8 and len(text) != len(raw):
+        _check_strict_utf8(raw, offset)
+    return text
+
+
+def _check_strict_utf8(raw, offset):
+    """Reject what MicroPython's str() lets through: overlongs, surrogates, > U+10FFFF.
+
+    Runs only after str() accepted the byte structure; the bounds guard is belt and braces.
+    """
+    for i in range(len(raw)):
+        b = raw[i]
+        if b < 0xC0:
+            continue
+        nxt = raw[i + 1] if i + 1 < len(raw) else 0
+        if (
+            b < 0xC2
+            or b > 0xF4
+            or (b == 0xE0 and nxt < 0xA0)
+            or (b == 0xED and nxt >= 0xA0)
+            or (b == 0xF0 and nxt < 0x90)
+            or (b == 0xF4 and nxt >= 0x90)
+        ):
+            raise DecodeError("invalid UTF-8 in text string at offset %d" % offset)
+
+
+def _double_bits_fit_single(bits):
+    """True if the (non-NaN) binary64 `bits` hold a value binary32 represents exactly."""
+    exp = (bits >> 52) & 0x7FF
+    mant = bits & 0xFFFFFFFFFFFFF
+    if exp == 0x7FF or (exp == 0 and mant == 0):
+        return True  # infinities and zeros
+    if exp == 0:
+        return False  # binary64 subnormals are far below binary32's 2**-149
+    e = exp - 1023
+    if -126 <= e <= 127:
+        return mant & 0x1FFFFFFF == 0
+    if -149 <= e < -126:
+        # binary32 subnormal m * 2**-149; the shifted-out bits must be zero
+        return (mant | 0x10000000000000) & ((1 << (-97 - e)) - 1) == 0
+    return False
+
+
+def _float_is_shortest(data, pos, size):
+    """Whether the float argument of `size` bytes at `pos` is its deterministic encoding.
+
+    Judged on the bits rather than the decoded value, so the answer is the same on a
+    MicroPython build whose floats are single precision (ESP32).
+    """
+    if size == 2:
+        half = (data[pos] << 8) | data[pos + 1]
+        return half & 0x7C00 != 0x7C00 or half & 0x3FF == 0 or half == 0x7E00
+    if size == 4:
+        bits = struct.unpack_from(">I", data, pos)[0]
+        if bits & 0x7F800000 == 0x7F800000 and bits & 0x7FFFFF:
+            return False  # NaN: only f97e00 is deterministic
+        return _single_bits_to_half(bits) < 0
+    bits = struct.unpack_from(">Q", data, pos)[0]
+    if bits & 0x7FF0000000000000 == 0x7FF0000000000000 and bits & 0xFFFFFFFFFFFFF:
+        return False
+    return not _double_bits_fit_single(bits)
+
+
+def _decode_major7(data, start, ai, strict):
+    """Decode a float or simple value whose initial byte is at `start`; -> (value, end)."""
+    pos = start + 1
+    if ai == 25 or ai == 26 or ai == 27:
+        size = 2 if ai == 25 else (4 if ai == 26 else 8)
+        if pos + size > len(data):
+            raise DecodeError("truncated float at offset %d" % start)
+        if ai == 25:
+            value = _half_to_float((data[pos] << 8) | data[pos + 1])
+        elif ai == 26:
+            value = struct.unpack_from(">f", data, pos)[0]
+        else:
+            value = struct.unpack_from(">d", data, pos)[0]
+        if strict and not _float_is_shortest(data, pos, size):
+            raise DecodeError("float not in shortest form at offset %d" % start)
+        return value, pos + size
+    if ai == 20:
+        return False, pos
+    if ai == 21:
+        return True, pos
+    if ai == 22:
+        return None, pos
+    if ai == 31:
+        raise DecodeError(
+            "stray break (0xff) at offset %d: indefinite lengths are not supported" % start
+        )
+    if 28 <= ai <= 30:
+        raise DecodeError("reserved additional information %d at offset %d" % (ai, start))
+    raise DecodeError("unsupported simple value at offset %d" % start)
+
+
+def _read_argument(data, start, ai, strict):
+    """The argument of the head at `start` (major types 0-6); -> (argument, end)."""
+    pos = start + 1
+    if ai < 24:
+        return ai, pos
+    if ai == 24:
+        size = 1
+    elif ai == 25:
+        size = 2
+    elif ai == 26:
+        size = 4
+    elif ai == 27:
+        size = 8
+    elif ai == 31:
+        if (data[start] >> 5) in (2, 3, 4, 5):
+            raise DecodeError(
+                "indefinite-length item at offset %d: not supported (definite lengths only)" % start
+            )
+        raise DecodeError(
+            "additional information 31 is invalid for this major type at offset %d" % start
+        )
+    else:
+        raise DecodeError("reserved additional information %d at offset %d" % (ai, start))
+    if pos + size > len(data):
+        raise DecodeError("truncated argument at offset %d" % start)
+    if size == 1:
+        arg = data[pos]
+        floor = 24
+    elif size == 2:
+        arg = (data[pos] << 8) | data[pos + 1]
+        floor = 0x100
+    elif size == 4:
+        arg = struct.unpack_from(">I", data, pos)[0]
+        floor = 0x10000
+    else:
+        arg = struct.unpack_from(">Q", data, pos)[0]
+        floor = 0x100000000
+    if strict and arg < floor:
+        raise DecodeError("argument not in shortest form at offset %d" % start)
+    return arg, pos + size
+
+
+def _decode(data, max_depth, max_items, strict):
+    end = len(data)
+    pos = 0
+    items = 0
+    # Open containers, innermost last:
+    #   array: [_ARRAY, list, declared_count]
+    #   map:   [_MAP, dict, declared_count, key, have_key, key_start, previous_key_bytes, seen]
+    #   tag:   [_TAG, tag_number]
+    stack = []
+    while True:
+        start = pos
+        if pos >= end:
+            raise DecodeError("truncated: data item expected at offset %d" % pos)
+        initial = data[pos]
+        major = initial >> 5
+        ai = initial & 0x1F
+        items += 1
+        if items > max_items:
+            raise DecodeError("more than max_items=%d data items at offset %d" % (max_items, pos))
+        if major == 7:
+            value, pos = _decode_major7(data, start, ai, strict)
+        else:
+            if ai < 24:
+                arg = ai
+                pos += 1
+            else:
+                arg, pos = _read_argument(data, start, ai, strict)
+            if major == 0:
+                value = arg
+            elif major == 1:
+                value = -1 - arg
+            elif major == 2 or major == 3:
+                if arg > end - pos:
+                    raise DecodeError(
+                        "string at offset %d declares %d bytes, only %d remain"
+                        % (start, arg, end - pos)
+                    )
+                value = data[pos : pos + arg]
+                pos += arg
+                if major == 3:
+                    value = _decode_text(value, start)
+            else:
+                if len(stack) >= max_depth:
+                    raise DecodeError(
+                        "nesting deeper than max_depth=%d at offset %d" % (max_depth, start)
+                    )
+                if major == 6:
+                    if arg == 2 or arg == 3:
+                        raise DecodeError(
+                            "bignum tag %d at offset %d is not supported" % (arg, start)
+                        )
+                    stack.append([_TAG, arg])
+                    continue
+                # Every element takes at least one byte, so a count the input cannot hold
+                # fails here, before any list or dict grows.
+                needed = arg if major == 4 else 2 * arg
+                if needed > end - pos:
+                    raise DecodeError(
+                        "container at offset %d declares %d items, only %d bytes remain"
+                        % (start, needed, end - pos)
+                    )
+                if items + needed > max_items:
+                    raise DecodeError(
+                        "container at offset %d exceeds max_items=%d" % (start, max_items)
+                    )
+                if arg == 0:
+                    value = [] if major == 4 else {}
+                elif major == 4:
+                    stack.append([_ARRAY, [], arg])
+                    continue
+                else:
+                    stack.append([_MAP, {}, arg, None, False, pos, None, None])
+                    continue
+        # `value` is complete: hand it to the enclosing containers, closing each one filled.
+        while stack:
+            frame = stack[-1]
+            kind = frame[0]
+            if kind == _ARRAY:
+                array = frame[1]
+                array.append(value)
+                if len(array) < frame[2]:
+                    break
+                stack.pop()
+                value = array
+            elif kind == _TAG:
+                stack.pop()
+                value = Tag(frame[1], value)
+            elif not frame[4]:
+                _accept_key(data, frame, value, pos, strict)
+                break
+            else:
+                mapping = frame[1]
+                mapping[frame[3]] = value
+                frame[4] = False
+                frame[5] = pos
+                if len(mapping) < frame[2]:
+                    break
+                stack.pop()
+                value = mapping
+        else:
+            if pos != end:
+                raise DecodeError("%d trailing bytes at offset %d" % (end - pos, pos))
+            return value
+
+
+def _accept_key(data, frame, key, pos, strict):
+    key_start = frame[5]
+    if strict:
+        key_bytes = data[key_start:pos]
+        previous = frame[6]
+        if previous is not None and (len(previous), previous) >= (len(key_bytes), key_bytes):
+            raise DecodeError(
+                "map keys duplicate or not in deterministic order at offset %d" % key_start
+            )
+        frame[6] = key_bytes
+    kind = type(key)
+    if kind is not int and kind is not str:
+        try:
+            hash(key)
+        except TypeError:
+            raise DecodeError(
+                "unhashable map key (%s) at offset %d" % (kind.__name__, key_start)
+            ) from None
+    if key in frame[1]:
+        raise DecodeError("duplicate map key at offset %d" % key_start)
+    if kind is float or kind is Tag:
+        # NaN != NaN, so the dict alone lets repeated NaN-bearing keys through; compare
+        # their canonical encodings instead (every NaN encodes as f97e00).
+        try:
+            identity = pure_dumps(key)
+        except ValueError:  # nested deeper than the encoder follows: fall back to raw bytes
+            identity = data[key_start:pos]
+        seen = frame[7]
+        if seen is None:
+            seen = frame[7] = set()
+        if identity in seen:
+            raise DecodeError("duplicate map key at offset %d" % key_start)
+        seen.add(identity)
+    frame[3] = key
+    frame[4] = True
+
+
+def pure_loads(data, max_depth=16, max_items=4096, max_size=65536, require_deterministic=False):
+    """Decode exactly one CBOR item from `data` (bytes-like), raising only DecodeError.
+
+    max_depth bounds nested arrays/maps/tags, max_items every data item (map keys and
+    values each count), max_size the input length. require_deterministic also rejects
+    non-shortest arguments and floats and keys out of length-first order.
+    A non-bytes-like `data` is a programming error: TypeError.
+    """
+    if isinstance(data, (bytearray, memoryview)):
+        data = bytes(data)
+    elif not isinstance(data, bytes):
+        raise TypeError("CBOR input must be bytes-like, not %s" % type(data).__name__)
+    if len(data) > max_size:
+        raise DecodeError("input is %d bytes, above max_size=%d" % (len(data), max_size))
+    if not data:
+        raise DecodeError("empty input")
+    return _decode(data, max_depth, max_items, require_deterministic)
+
+
+# ---------------------------------------------------------------- backend
+
+# Measured on CPython 3.11 (docs/cbor.md): pure_dumps is as fast as cbor2's canonical
+# mode plus the model check it would need, and cbor2's decoder cannot enforce max_items or
+# the bignum rule, so both directions stay on this code and cbor2 is the test oracle.
+BACKEND = "pure"
+dumps = pure_dumps
+loads = pure_loads
