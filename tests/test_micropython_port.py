@@ -35,7 +35,7 @@ def test_protocol_module_on_micropython(module: str) -> None:
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
-    summary = out.strip().splitlines()[-1]
+    summary = proc.stdout.strip().splitlines()[-1]
     assert summary.endswith("0 failed") and not summary.startswith("0 passed"), out
 
 
