@@ -1,0 +1,424 @@
+"""COSE_Mac0 and COSE_Sign1 (RFC 9052 structures, RFC 9053 algorithms).
+
+Only what VitalBridge seals with: HMAC 256/256 (alg 5, full 32-byte tag) for readings and
+EdDSA/Ed25519 (alg -8) for checkpoints and certificates. Verification follows the RFC
+exactly, so any conforming COSE library can create or check our seals (the tests prove it
+with pycose and with a hand-built cbor2 + hmac/PyNaCl implementation):
+
+    COSE_Mac0  = #6.17([protected: bstr .cbor map, unprotected: map,
+                        payload: bstr / nil, tag: bstr])
+    COSE_Sign1 = #6.18([protected, unprotected, payload, signature: bstr])
+    MAC_structure = ["MAC0", protected, external_aad, payload]
+    Sig_structure = ["Signature1", protected, external_aad, payload]
+
+The MAC/signature covers the protected header *as received* (never re-encoded). The
+unprotected header is not covered; that is why verifiers take an expected `kid`: a receiver
+that picked its key by kid must insist the message names that same key.
+
+Every failure raises SealError whose message is the specific reason (see docs/seals.md).
+Runs on MicroPython: plain classes, no typing.
+"""
+
+import binascii
+
+from protocol import cbor, crypto
+from protocol.errors import DecodeError, SealError, ValidationError
+
+TAG_MAC0 = 17
+TAG_SIGN1 = 18
+ALG_HMAC_256_256 = 5
+ALG_EDDSA = -8
+
+# Common header parameter labels (RFC 9052 §3.1).
+H_ALG = 1
+H_CRIT = 2
+H_CONTENT_TYPE = 3
+H_KID = 4
+
+# CoAP Content-Format number of application/senml+cbor (RFC 8428 §12.3). An int costs one
+# or two bytes where the media-type string would cost 23.
+CT_SENML_CBOR = 112
+
+MAC_KEY_SIZE = 32
+MAC_TAG_SIZE = 32
+SIGNATURE_SIZE = 64
+KID_MAX = 64
+KEY_ID_SIZE = 8
+
+# Labels a `crit` header may list: we process these ourselves (RFC 9052 §3.1 "crit").
+_UNDERSTOOD = (H_ALG, H_CONTENT_TYPE, H_KID)
+_NAMES = {TAG_MAC0: "COSE_Mac0", TAG_SIGN1: "COSE_Sign1"}
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_bytes(value):
+    return isinstance(value, (bytes, bytearray))
+
+
+def key_id(public_key):
+    """The kid VitalBridge uses for a public key: the first 8 bytes of SHA-256(key)."""
+    if not _is_bytes(public_key):
+        raise ValidationError("public_key", "must be bytes")
+    return crypto.sha256(bytes(public_key))[:KEY_ID_SIZE]
+
+
+class CoseMessage:
+    """A structurally valid COSE_Mac0 / COSE_Sign1 (verified only if `verified` is True).
+
+    protected/unprotected are the decoded header maps, protected_bytes the exact bstr the
+    MAC or signature covers, `tag` the MAC tag or the signature.
+    """
+
+    def __init__(self, structure, tagged, protected_bytes, protected, unprotected, payload, tag):
+        self.structure = structure
+        self.tagged = tagged
+        self.protected_bytes = protected_bytes
+        self.protected = protected
+        self.unprotected = unprotected
+        self.payload = payload
+        self.tag = tag
+        self.verified = False
+
+    def header(self, label):
+        """A header parameter from whichever bucket holds it, or None."""
+        if label in self.protected:
+            return self.protected[label]
+        return self.unprotected.get(label)
+
+    @property
+    def alg(self):
+        return self.protected.get(H_ALG)
+
+    @property
+    def kid(self):
+        return self.header(H_KID)
+
+    @property
+    def content_type(self):
+        return self.header(H_CONTENT_TYPE)
+
+    @property
+    def detached(self):
+        return self.payload is None
+
+    def __repr__(self):
+        return "<%s alg=%r kid=%r payload=%s>" % (
+            self.structure,
+            self.alg,
+            self.kid,
+            "detached" if self.payload is None else "%d bytes" % len(self.payload),
+        )
+
+
+class Mac0(CoseMessage):
+    """A COSE_Mac0; `tag` is the 32-byte HMAC."""
+
+
+class Sign1(CoseMessage):
+    """A COSE_Sign1; `tag` (alias `signature`) is the 64-byte Ed25519 signature."""
+
+    @property
+    def signature(self):
+        return self.tag
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def _load(data, what, max_size):
+    if not _is_bytes(data):
+        raise SealError("%s must be bytes, not %s" % (what, type(data).__name__))
+    try:
+        return cbor.loads(data, max_size=max_size)
+    except DecodeError as exc:
+        raise SealError("%s is not valid CBOR: %s" % (what, exc)) from None
+
+
+def _check_labels(header, bucket):
+    for label in header:
+        if not _is_int(label) and not isinstance(label, str):
+            raise SealError("%s header label %r is neither int nor text" % (bucket, label))
+
+
+def _decode_protected(raw):
+    if not isinstance(raw, bytes):
+        raise SealError("protected header must be a bstr-wrapped map")
+    if len(raw) == 0:
+        return {}  # RFC 9052 §3: no protected parameters is a zero-length bstr
+    try:
+        header = cbor.loads(raw)
+    except DecodeError as exc:
+        raise SealError("protected header is not valid CBOR: %s" % exc) from None
+    if not isinstance(header, dict):
+        raise SealError("protected header must be a bstr-wrapped map")
+    return header
+
+
+def _check_headers(protected, unprotected, expected_alg):
+    _check_labels(protected, "protected")
+    _check_labels(unprotected, "unprotected")
+    for label in protected:
+        if label in unprotected:
+            raise SealError("label %r in both protected and unprotected headers" % (label,))
+    if H_ALG not in protected:
+        if H_ALG in unprotected:
+            raise SealError("alg must be in protected header")
+        raise SealError("alg missing from protected header")
+    alg = protected[H_ALG]
+    if alg != expected_alg or not _is_int(alg):
+        raise SealError("unsupported alg %r" % (alg,))
+    if H_CRIT in unprotected:
+        raise SealError("crit must be in protected header")
+    if H_CRIT in protected:
+        crit = protected[H_CRIT]
+        if not isinstance(crit, list) or not crit:
+            raise SealError("crit must be a non-empty array of labels")
+        for label in crit:
+            if label not in _UNDERSTOOD or not _is_int(label):
+                raise SealError("crit label %r not understood" % (label,))
+            if label not in protected:
+                raise SealError("crit label %r not in protected header" % (label,))
+    for bucket in (protected, unprotected):
+        if H_KID in bucket:
+            kid = bucket[H_KID]
+            if not isinstance(kid, bytes):
+                raise SealError("kid not bytes")
+            if len(kid) > KID_MAX:
+                raise SealError("kid longer than %d bytes" % KID_MAX)
+        if H_CONTENT_TYPE in bucket and not _valid_content_type(bucket[H_CONTENT_TYPE]):
+            raise SealError("content type must be a uint16 or text")
+
+
+def _valid_content_type(value):
+    return (_is_int(value) and 0 <= value <= 65535) or isinstance(value, str)
+
+
+def _parse(data, cose_tag, expected_alg, tag_size, max_size, cls):
+    name = _NAMES[cose_tag]
+    obj = _load(data, name, max_size)
+    tagged = False
+    if isinstance(obj, cbor.Tag):
+        if obj.tag != cose_tag:
+            raise SealError("not a %s (tag %d)" % (name, obj.tag))
+        obj = obj.value
+        tagged = True
+    if not isinstance(obj, list):
+        raise SealError("not a %s (tag %d or a 4-item array expected)" % (name, cose_tag))
+    if len(obj) != 4:
+        raise SealError("%s must have 4 items, not %d" % (name, len(obj)))
+    protected_bytes, unprotected, payload, tag = obj
+    protected = _decode_protected(protected_bytes)
+    if not isinstance(unprotected, dict):
+        raise SealError("unprotected header must be a map")
+    _check_headers(protected, unprotected, expected_alg)
+    if payload is not None and not isinstance(payload, bytes):
+        raise SealError("payload must be bstr or nil")
+    if not isinstance(tag, bytes):
+        raise SealError("%s must be a bstr" % ("tag" if cose_tag == TAG_MAC0 else "signature"))
+    if len(tag) != tag_size:
+        raise SealError(
+            "%s must be %d bytes, not %d"
+            % ("tag" if cose_tag == TAG_MAC0 else "signature", tag_size, len(tag))
+        )
+    return cls(name, tagged, protected_bytes, protected, unprotected, payload, tag)
+
+
+def _payload_to_check(msg, detached_payload):
+    if msg.payload is None:
+        if detached_payload is None:
+            raise SealError("payload detached (nil) but no detached payload given")
+        if not _is_bytes(detached_payload):
+            raise SealError("detached payload must be bytes")
+        return bytes(detached_payload)
+    if detached_payload is not None:
+        raise SealError("payload is attached; a detached payload was not expected")
+    return msg.payload
+
+
+def _check_kid(msg, kid):
+    if kid is None:
+        return
+    if msg.kid is None:
+        raise SealError("kid missing (expected %s)" % _hex(kid))
+    if not crypto.constant_time_equal(bytes(msg.kid), bytes(kid)):
+        raise SealError("kid mismatch")
+
+
+def _hex(raw):
+    return binascii.hexlify(bytes(raw)).decode()
+
+
+def _bytes_arg(field, value):
+    if not _is_bytes(value):
+        raise ValidationError(field, "must be bytes, not %s" % type(value).__name__)
+    return bytes(value)
+
+
+def _build_protected(alg, content_type):
+    header = {H_ALG: alg}
+    if content_type is not None:
+        if not _valid_content_type(content_type):
+            raise ValidationError("content_type", "must be a uint16 CoAP format or a text type")
+        header[H_CONTENT_TYPE] = content_type
+    return cbor.dumps(header)
+
+
+def _build_unprotected(kid):
+    if kid is None:
+        return {}
+    kid = _bytes_arg("kid", kid)
+    if len(kid) > KID_MAX:
+        raise ValidationError("kid", "longer than %d bytes" % KID_MAX)
+    return {H_KID: kid}
+
+
+def _emit(cose_tag, items, tagged):
+    if tagged:
+        return cbor.dumps(cbor.Tag(cose_tag, items))
+    return cbor.dumps(items)
+
+
+# ---------------------------------------------------------------- COSE_Mac0
+
+
+def _mac_key(key):
+    key = _bytes_arg("key", key)
+    if len(key) != MAC_KEY_SIZE:
+        raise ValidationError("key", "HMAC 256/256 key must be %d bytes" % MAC_KEY_SIZE)
+    return key
+
+
+def _mac(key, protected_bytes, external_aad, payload):
+    to_mac = cbor.dumps(["MAC0", protected_bytes, external_aad, payload])
+    return crypto.hmac_sha256(key, to_mac)
+
+
+def mac0_create(key, payload, kid=None, content_type=None, external_aad=b"", tagged=True,
+                detached=False):
+    """COSE_Mac0 bytes over `payload` with HMAC 256/256 under the 32-byte `key`.
+
+    alg and content_type go in the protected header, kid in the unprotected one.
+    detached=True sends nil in place of the payload (the MAC still covers it).
+    """
+    key = _mac_key(key)
+    payload = _bytes_arg("payload", payload)
+    external_aad = _bytes_arg("external_aad", external_aad)
+    protected_bytes = _build_protected(ALG_HMAC_256_256, content_type)
+    unprotected = _build_unprotected(kid)
+    tag = _mac(key, protected_bytes, external_aad, payload)
+    body = [protected_bytes, unprotected, None if detached else payload, tag]
+    return _emit(TAG_MAC0, body, tagged)
+
+
+def mac0_parse(data, max_size=65536):
+    """Structural checks only (no key): -> Mac0 with verified=False. Raises SealError."""
+    return _parse(data, TAG_MAC0, ALG_HMAC_256_256, MAC_TAG_SIZE, max_size, Mac0)
+
+
+def mac0_verify(key, data, external_aad=b"", kid=None, detached_payload=None, max_size=65536):
+    """Verify a COSE_Mac0 (tagged or untagged) -> Mac0 with verified=True.
+
+    kid: if given, the message must carry exactly this kid. detached_payload: required
+    when (and only when) the message carries nil as payload. Raises SealError(reason).
+    """
+    key = _mac_key(key)
+    external_aad = _bytes_arg("external_aad", external_aad)
+    msg = mac0_parse(data, max_size)
+    _check_kid(msg, kid)
+    payload = _payload_to_check(msg, detached_payload)
+    expected = _mac(key, msg.protected_bytes, external_aad, payload)
+    if not crypto.constant_time_equal(expected, msg.tag):
+        raise SealError("tag mismatch")
+    msg.payload = payload
+    msg.verified = True
+    return msg
+
+
+# ---------------------------------------------------------------- COSE_Sign1
+
+
+def _to_sign(protected_bytes, external_aad, payload):
+    return cbor.dumps(["Signature1", protected_bytes, external_aad, payload])
+
+
+def sign1_create(seed, payload, kid=None, content_type=None, external_aad=b"", tagged=True,
+                 detached=False):
+    """COSE_Sign1 bytes over `payload`, EdDSA (Ed25519) with the 32-byte private `seed`."""
+    seed = _bytes_arg("seed", seed)
+    if len(seed) != 32:
+        raise ValidationError("seed", "Ed25519 seed must be 32 bytes")
+    payload = _bytes_arg("payload", payload)
+    external_aad = _bytes_arg("external_aad", external_aad)
+    protected_bytes = _build_protected(ALG_EDDSA, content_type)
+    unprotected = _build_unprotected(kid)
+    signature = crypto.ed25519_sign(seed, _to_sign(protected_bytes, external_aad, payload))
+    body = [protected_bytes, unprotected, None if detached else payload, signature]
+    return _emit(TAG_SIGN1, body, tagged)
+
+
+def sign1_parse(data, max_size=65536):
+    """Structural checks only (no key): -> Sign1 with verified=False. Raises SealError."""
+    return _parse(data, TAG_SIGN1, ALG_EDDSA, SIGNATURE_SIZE, max_size, Sign1)
+
+
+def sign1_verify(public_key, data, external_aad=b"", kid=None, detached_payload=None,
+                 max_size=65536):
+    """Verify a COSE_Sign1 against a 32-byte Ed25519 public key -> Sign1 (verified=True)."""
+    public_key = _bytes_arg("public_key", public_key)
+    if len(public_key) != 32:
+        raise ValidationError("public_key", "Ed25519 public key must be 32 bytes")
+    external_aad = _bytes_arg("external_aad", external_aad)
+    msg = sign1_parse(data, max_size)
+    _check_kid(msg, kid)
+    payload = _payload_to_check(msg, detached_payload)
+    if not crypto.ed25519_verify(public_key, _to_sign(msg.protected_bytes, external_aad, payload),
+                                 msg.tag):
+        raise SealError("signature invalid")
+    msg.payload = payload
+    msg.verified = True
+    return msg
+
+
+# ---------------------------------------------------------------- inspection
+
+
+def peek(data, max_size=65536):
+    """What a seal is, without keys and leniently: a dict for `vitalbridge inspect`.
+
+    Keys: structure ("COSE_Mac0", "COSE_Sign1" or "unknown"), tagged, alg, kid,
+    content_type, payload_size (None when detached). Untagged messages are named by
+    their alg. Raises SealError only if the bytes are not a COSE message at all.
+    """
+    obj = _load(data, "seal", max_size)
+    tagged = isinstance(obj, cbor.Tag)
+    structure = "unknown"
+    if tagged:
+        if obj.tag not in _NAMES:
+            raise SealError("not a COSE_Mac0 or COSE_Sign1 (tag %d)" % obj.tag)
+        structure = _NAMES[obj.tag]
+        obj = obj.value
+    if not isinstance(obj, list) or len(obj) != 4:
+        raise SealError("not a COSE_Mac0 or COSE_Sign1 (4-item array expected)")
+    try:
+        protected = _decode_protected(obj[0])
+    except SealError:
+        protected = {}
+    unprotected = obj[1] if isinstance(obj[1], dict) else {}
+    alg = protected.get(H_ALG)
+    if structure == "unknown" and _is_int(alg):
+        if alg == ALG_HMAC_256_256:
+            structure = "COSE_Mac0"
+        elif alg == ALG_EDDSA:
+            structure = "COSE_Sign1"
+    payload = obj[2]
+    return {
+        "structure": structure,
+        "tagged": tagged,
+        "alg": alg,
+        "kid": protected.get(H_KID, unprotected.get(H_KID)),
+        "content_type": protected.get(H_CONTENT_TYPE, unprotected.get(H_CONTENT_TYPE)),
+        "payload_size": len(payload) if isinstance(payload, bytes) else None,
+    }

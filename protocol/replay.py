@@ -1,0 +1,214 @@
+"""Sequence-number tracking against replay, duplicates and loss. Pure logic, no I/O.
+
+One SequenceTracker per (device, session): the seq in each sealed message is classified as
+
+    "new"       above everything seen so far (seqs skipped on the way become gaps)
+    "new-late"  inside the window and not seen before: a gap being filled late
+    "duplicate" already seen: drop it idempotently (same data, already stored)
+    "too-old"   below the window (or below the session's first seq): treat as a replay
+
+Only record a seq after its message's MAC verified: a forged seq must never move the window.
+The window is a bitmap of `window` bits (default 1024 = 128 bytes) indexed by seq mod window,
+so memory and per-message work stay constant; `lost` counts seqs that fell out of the window
+without ever arriving. State round-trips through a small dict (to_state/from_state) for the
+gateway's journal. Runs on MicroPython (bytearray bitmap, no big allocations per message).
+"""
+
+from protocol.errors import ValidationError
+
+NEW = "new"
+NEW_LATE = "new-late"
+DUPLICATE = "duplicate"
+TOO_OLD = "too-old"
+
+DEFAULT_WINDOW = 1024
+MAX_WINDOW = 65536
+MAX_SEQ = 0xFFFFFFFFFFFFFFFF
+STATE_VERSION = 1
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_seq(field, seq):
+    if not _is_int(seq) or seq < 0 or seq > MAX_SEQ:
+        raise ValidationError(field, "must be an integer in [0, 2**64-1]")
+    return seq
+
+
+def _check_window(window):
+    if not _is_int(window) or window < 8 or window > MAX_WINDOW or window % 8:
+        raise ValidationError("window", "must be a multiple of 8 in [8, %d]" % MAX_WINDOW)
+    return window
+
+
+class SequenceTracker:
+    """Sliding-window tracker for one sequence space.
+
+    start: the session's first seq, if known: anything below it is "too-old" and seqs from
+    it on count as gaps until seen. Without it the first seq recorded sets the baseline and
+    an earlier seq still inside the window is accepted as "new-late".
+    """
+
+    def __init__(self, window=DEFAULT_WINDOW, start=None):
+        self.window = _check_window(window)
+        self._bits = bytearray(window // 8)
+        self.lost = 0
+        if start is None:
+            self.floor = None
+            self.base = None
+            self.high = None
+        else:
+            _check_seq("start", start)
+            self.floor = start
+            self.base = start
+            self.high = start - 1  # "nothing seen yet, expecting start next"
+
+    # ------------------------------------------------------------ bitmap
+
+    def _seen(self, seq):
+        slot = seq % self.window
+        return (self._bits[slot >> 3] >> (slot & 7)) & 1
+
+    def _mark(self, seq):
+        slot = seq % self.window
+        self._bits[slot >> 3] |= 1 << (slot & 7)
+
+    def _clear(self, seq):
+        slot = seq % self.window
+        self._bits[slot >> 3] &= 0xFF ^ (1 << (slot & 7))
+
+    # ------------------------------------------------------------ classification
+
+    def classify(self, seq):
+        """What record(seq) would answer, without changing anything."""
+        _check_seq("seq", seq)
+        if self.high is None or seq > self.high:
+            return NEW
+        if self.floor is not None and seq < self.floor:
+            return TOO_OLD
+        if seq <= self.high - self.window:
+            return TOO_OLD
+        if self._seen(seq):
+            return DUPLICATE
+        return NEW_LATE
+
+    def record(self, seq):
+        """Classify `seq` and remember it. Returns NEW, NEW_LATE, DUPLICATE or TOO_OLD."""
+        verdict = self.classify(seq)
+        if verdict == NEW:
+            if self.high is None:
+                self.base = seq
+            else:
+                self._advance(seq)
+            self.high = seq
+            self._mark(seq)
+        elif verdict == NEW_LATE:
+            self._mark(seq)
+            if seq < self.base:
+                self.base = seq
+        return verdict
+
+    def _advance(self, seq):
+        """Slide the window top from self.high to seq, counting seqs that fall out unseen."""
+        high = self.high
+        window = self.window
+        if seq - high >= window:
+            old = max(self.base, high - window + 1)
+            while old <= high:
+                if not self._seen(old):
+                    self.lost += 1
+                old += 1
+            # seqs high+1 .. seq-window never entered the window
+            self.lost += max(0, seq - window - high)
+            for i in range(len(self._bits)):
+                self._bits[i] = 0
+            return
+        new = high + 1
+        while new <= seq:
+            leaving = new - window
+            if leaving >= self.base and not self._seen(leaving):
+                self.lost += 1
+            self._clear(new)
+            new += 1
+
+    # ------------------------------------------------------------ reporting
+
+    def missing(self, limit=64):
+        """Gaps inside the window: [(first, last), ...] runs of seqs not yet seen, oldest
+        first, at most `limit` runs. They may still arrive ("new-late")."""
+        runs = []
+        if self.high is None:
+            return runs
+        seq = max(self.base, self.high - self.window + 1)
+        run_start = None
+        while seq <= self.high:
+            if self._seen(seq):
+                if run_start is not None:
+                    runs.append((run_start, seq - 1))
+                    run_start = None
+                    if len(runs) >= limit:
+                        return runs
+            elif run_start is None:
+                run_start = seq
+            seq += 1
+        if run_start is not None:
+            runs.append((run_start, self.high))
+        return runs[:limit]
+
+    def missing_count(self):
+        """Number of seqs inside the window not yet seen."""
+        count = 0
+        for first, last in self.missing(limit=self.window):
+            count += last - first + 1
+        return count
+
+    # ------------------------------------------------------------ persistence
+
+    def to_state(self):
+        """A small dict (CBOR/JSON-able but for `bits`, which is bytes) for persistence."""
+        return {
+            "v": STATE_VERSION,
+            "window": self.window,
+            "floor": self.floor,
+            "base": self.base,
+            "high": self.high,
+            "bits": bytes(self._bits),
+            "lost": self.lost,
+        }
+
+    @classmethod
+    def from_state(cls, state):
+        """Rebuild a tracker from to_state() output. Raises ValidationError if inconsistent."""
+        if not isinstance(state, dict):
+            raise ValidationError("state", "must be a dict")
+        if state.get("v") != STATE_VERSION or not _is_int(state.get("v")):
+            raise ValidationError("state", "unknown version %r" % (state.get("v"),))
+        tracker = cls(state.get("window"))
+        floor = state.get("floor")
+        base = state.get("base")
+        high = state.get("high")
+        bits = state.get("bits")
+        lost = state.get("lost")
+        if not isinstance(bits, (bytes, bytearray)) or len(bits) != tracker.window // 8:
+            raise ValidationError("bits", "must be %d bytes" % (tracker.window // 8))
+        if not _is_int(lost) or lost < 0:
+            raise ValidationError("lost", "must be a non-negative integer")
+        if floor is not None:
+            _check_seq("floor", floor)
+        if high is None:
+            if base is not None or floor is not None:
+                raise ValidationError("high", "missing while base/floor are set")
+        else:
+            _check_seq("base", base)
+            if not _is_int(high) or high < base - 1 or high > MAX_SEQ:
+                raise ValidationError("high", "must be an integer >= base - 1")
+            if floor is not None and base < floor:
+                raise ValidationError("base", "below floor")
+        tracker.floor = floor
+        tracker.base = base
+        tracker.high = high
+        tracker._bits = bytearray(bits)
+        tracker.lost = lost
+        return tracker
