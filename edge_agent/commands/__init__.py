@@ -1,0 +1,1 @@
+"""Subcommands of the `vitalbridge` tool, one module each."""
