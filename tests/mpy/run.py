@@ -2,8 +2,8 @@
 # Usage, from the repository root:  micropython tests/mpy/run.py [module ...]
 # Each module tests/mpy/test_*.py defines plain `test_*` functions that use assert.
 # Prints one line per test and closes with "N passed, N failed"; exit status 1 on failure.
-import sys
 import os
+import sys
 
 sys.path.insert(0, ".")
 sys.path.insert(0, "tests/mpy")

@@ -1,6 +1,6 @@
 # Topic names and message envelope on MicroPython.
-from protocol import topics, messages, cbor
-from protocol.errors import ValidationError, VersionError, DecodeError
+from protocol import cbor, messages, topics
+from protocol.errors import DecodeError, ValidationError, VersionError
 
 
 def _raises(exc_type, fn, *args):
