@@ -16,9 +16,9 @@ The centre recomputes the chain from the tags it received. One SHA-256 per readi
 device (hardware on the ESP32) and one signature per checkpoint. Runs on MicroPython.
 """
 
-import binascii
 
 from protocol import cbor, crypto
+from protocol.checks import fixed_bytes, hexstr, is_int
 from protocol.cose import key_id, sign1_create, sign1_parse, sign1_verify
 from protocol.errors import DecodeError, SealError, ValidationError, VersionError
 from protocol.topics import check_id
@@ -52,36 +52,23 @@ TAG_MISMATCH = "tag-mismatch"
 CHAIN_BREAK = "chain-break"
 
 
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _fixed_bytes(field, value, size):
-    if not isinstance(value, (bytes, bytearray)):
-        raise ValidationError(field, "must be bytes, not %s" % type(value).__name__)
-    if len(value) != size:
-        raise ValidationError(field, "must be %d bytes, not %d" % (size, len(value)))
-    return bytes(value)
 
 
 def _seq(field, value):
-    if not _is_int(value) or value < 0 or value > MAX_SEQ:
+    if not is_int(value) or value < 0 or value > MAX_SEQ:
         raise ValidationError(field, "must be an integer in [0, 2**64-1]")
     return value
 
 
-def _hex(raw):
-    return binascii.hexlify(raw).decode()
-
 
 def chain_start(session_id):
     """chain_0 for a session."""
-    return crypto.sha256(CHAIN_DOMAIN + _fixed_bytes("session_id", session_id, SESSION_ID_SIZE))
+    return crypto.sha256(CHAIN_DOMAIN + fixed_bytes("session_id", session_id, SESSION_ID_SIZE))
 
 
 def chain_step(head, tag):
     """chain_i from chain_{i-1} and the i-th MAC tag."""
-    return crypto.sha256(_fixed_bytes("head", head, HASH_SIZE) + _fixed_bytes("tag", tag, TAG_SIZE))
+    return crypto.sha256(fixed_bytes("head", head, HASH_SIZE) + fixed_bytes("tag", tag, TAG_SIZE))
 
 
 class Checkpoint:
@@ -116,32 +103,32 @@ class Checkpoint:
         if not isinstance(claims, dict):
             raise ValidationError("checkpoint", "payload must be a map")
         for label in claims:
-            if not _is_int(label) or label not in _LABELS:
+            if not is_int(label) or label not in _LABELS:
                 raise ValidationError("checkpoint", "unknown field %r" % (label,))
         for label in _LABELS:
             if label not in claims:
                 raise ValidationError("checkpoint", "field %d missing" % label)
         version = claims[L_VERSION]
-        if not _is_int(version):
+        if not is_int(version):
             raise ValidationError("version", "must be an integer")
         if version != CHECKPOINT_VERSION:
             raise VersionError("checkpoint version %d is not supported" % version)
         device_id = check_id("device_id", claims[L_DEVICE_ID])
-        session_id = _fixed_bytes("session_id", claims[L_SESSION_ID], SESSION_ID_SIZE)
+        session_id = fixed_bytes("session_id", claims[L_SESSION_ID], SESSION_ID_SIZE)
         first = _seq("first_seq", claims[L_FIRST_SEQ])
         last = _seq("last_seq", claims[L_LAST_SEQ])
         count = claims[L_COUNT]
-        if not _is_int(count) or count < 1 or count > MAX_COUNT:
+        if not is_int(count) or count < 1 or count > MAX_COUNT:
             raise ValidationError("count", "must be an integer in [1, %d]" % MAX_COUNT)
         if last < first or last - first + 1 != count:
             raise ValidationError(
                 "count", "%d does not match seqs %d..%d (consecutive)" % (count, first, last)
             )
         time = claims[L_TIME]
-        if not _is_int(time) or time < 0:
+        if not is_int(time) or time < 0:
             raise ValidationError("time", "must be a non-negative integer")
-        head = _fixed_bytes("head", claims[L_HEAD], HASH_SIZE)
-        prev = _fixed_bytes("prev", claims[L_PREV], HASH_SIZE)
+        head = fixed_bytes("head", claims[L_HEAD], HASH_SIZE)
+        prev = fixed_bytes("prev", claims[L_PREV], HASH_SIZE)
         return cls(device_id, session_id, first, last, count, head, time, prev)
 
 
@@ -153,7 +140,7 @@ class HashChain:
     """
 
     def __init__(self, session_id):
-        self.session_id = _fixed_bytes("session_id", session_id, SESSION_ID_SIZE)
+        self.session_id = fixed_bytes("session_id", session_id, SESSION_ID_SIZE)
         self.head = chain_start(self.session_id)
         self.prev = self.head
         self.first_seq = None
@@ -182,7 +169,7 @@ class HashChain:
         if self.count == 0:
             raise ValidationError("checkpoint", "no tags since the last checkpoint")
         check_id("device_id", device_id)
-        if not _is_int(time) or time < 0:
+        if not is_int(time) or time < 0:
             raise ValidationError("time", "must be a non-negative integer")
         claims = Checkpoint(device_id, self.session_id, self.first_seq, self.last_seq,
                             self.count, self.head, time, self.prev)
@@ -258,11 +245,11 @@ def verify_checkpoint(data, device_public, received_tags, expected_prev=None,
     if device_id is not None and cp.device_id != device_id:
         raise ValidationError("device_id", "checkpoint is for device %s" % cp.device_id)
     if session_id is not None and cp.session_id != bytes(session_id):
-        raise ValidationError("session_id", "checkpoint is for session %s" % _hex(cp.session_id))
+        raise ValidationError("session_id", "checkpoint is for session %s" % hexstr(cp.session_id))
     if expected_prev is not None and cp.prev != bytes(expected_prev):
         return CheckpointVerdict(
             CHAIN_BREAK, cp,
-            "checkpoint does not continue the previous one (prev %s)" % _hex(cp.prev),
+            "checkpoint does not continue the previous one (prev %s)" % hexstr(cp.prev),
         )
     missing = []
     tags = []
@@ -272,7 +259,7 @@ def verify_checkpoint(data, device_public, received_tags, expected_prev=None,
         if tag is None:
             missing.append(seq)
         else:
-            tags.append(_fixed_bytes("tag", tag, TAG_SIZE))
+            tags.append(fixed_bytes("tag", tag, TAG_SIZE))
         seq += 1
     if missing:
         runs = _ranges(missing)

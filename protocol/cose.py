@@ -19,9 +19,9 @@ Every failure raises SealError whose message is the specific reason (see docs/se
 Runs on MicroPython: plain classes, no typing.
 """
 
-import binascii
 
 from protocol import cbor, crypto
+from protocol.checks import hexstr, is_int
 from protocol.errors import DecodeError, SealError, ValidationError
 
 TAG_MAC0 = 17
@@ -49,9 +49,6 @@ KEY_ID_SIZE = 8
 _UNDERSTOOD = (H_ALG, H_CONTENT_TYPE, H_KID)
 _NAMES = {TAG_MAC0: "COSE_Mac0", TAG_SIGN1: "COSE_Sign1"}
 
-
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_bytes(value):
@@ -139,7 +136,7 @@ def _load(data, what, max_size):
 
 def _check_labels(header, bucket):
     for label in header:
-        if not _is_int(label) and not isinstance(label, str):
+        if not is_int(label) and not isinstance(label, str):
             raise SealError("%s header label %r is neither int nor text" % (bucket, label))
 
 
@@ -168,7 +165,7 @@ def _check_headers(protected, unprotected, expected_alg):
             raise SealError("alg must be in protected header")
         raise SealError("alg missing from protected header")
     alg = protected[H_ALG]
-    if alg != expected_alg or not _is_int(alg):
+    if alg != expected_alg or not is_int(alg):
         raise SealError("unsupported alg %r" % (alg,))
     if H_CRIT in unprotected:
         raise SealError("crit must be in protected header")
@@ -177,7 +174,7 @@ def _check_headers(protected, unprotected, expected_alg):
         if not isinstance(crit, list) or not crit:
             raise SealError("crit must be a non-empty array of labels")
         for label in crit:
-            if label not in _UNDERSTOOD or not _is_int(label):
+            if label not in _UNDERSTOOD or not is_int(label):
                 raise SealError("crit label %r not understood" % (label,))
             if label not in protected:
                 raise SealError("crit label %r not in protected header" % (label,))
@@ -193,7 +190,7 @@ def _check_headers(protected, unprotected, expected_alg):
 
 
 def _valid_content_type(value):
-    return (_is_int(value) and 0 <= value <= 65535) or isinstance(value, str)
+    return (is_int(value) and 0 <= value <= 65535) or isinstance(value, str)
 
 
 def _parse(data, cose_tag, expected_alg, tag_size, max_size, cls):
@@ -242,13 +239,10 @@ def _check_kid(msg, kid):
     if kid is None:
         return
     if msg.kid is None:
-        raise SealError("kid missing (expected %s)" % _hex(kid))
+        raise SealError("kid missing (expected %s)" % hexstr(kid))
     if not crypto.constant_time_equal(bytes(msg.kid), bytes(kid)):
         raise SealError("kid mismatch")
 
-
-def _hex(raw):
-    return binascii.hexlify(bytes(raw)).decode()
 
 
 def _bytes_arg(field, value):
@@ -408,7 +402,7 @@ def peek(data, max_size=65536):
         protected = {}
     unprotected = obj[1] if isinstance(obj[1], dict) else {}
     alg = protected.get(H_ALG)
-    if structure == "unknown" and _is_int(alg):
+    if structure == "unknown" and is_int(alg):
         if alg == ALG_HMAC_256_256:
             structure = "COSE_Mac0"
         elif alg == ALG_EDDSA:

@@ -13,6 +13,7 @@ Runs on MicroPython.
 """
 
 from protocol import cbor, crypto
+from protocol.checks import is_int
 from protocol.cose import key_id, sign1_create, sign1_parse, sign1_verify
 from protocol.errors import CertificateError, DecodeError, SealError, ValidationError
 
@@ -57,9 +58,6 @@ EXPIRING = "expiring"
 EXPIRED = "expired"
 
 
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
 
 def _text(field, value, required=True):
     if value is None and not required:
@@ -72,7 +70,7 @@ def _text(field, value, required=True):
 def _time(field, value, required=True):
     if value is None and not required:
         return None
-    if not _is_int(value) or value < 0 or value > 0xFFFFFFFFFFFF:
+    if not is_int(value) or value < 0 or value > 0xFFFFFFFFFFFF:
         raise CertificateError("%s must be an integer NumericDate (seconds)" % field)
     return value
 
@@ -87,7 +85,7 @@ def _plain_map(field, value):
     if not isinstance(value, dict):
         raise CertificateError("%s must be a map" % field)
     for key in value:
-        if not _is_int(key) and not isinstance(key, str):
+        if not is_int(key) and not isinstance(key, str):
             raise CertificateError("%s: key %r is neither int nor text" % (field, key))
     return value
 
@@ -96,14 +94,14 @@ def _parse_okp(field, key, crv):
     _plain_map(field, key)
     if K_D in key:
         raise CertificateError("%s carries a private key (-4)" % field)
-    if key.get(K_KTY) != KTY_OKP or not _is_int(key.get(K_KTY)):
+    if key.get(K_KTY) != KTY_OKP or not is_int(key.get(K_KTY)):
         raise CertificateError("%s: kty must be 1 (OKP)" % field)
-    if key.get(K_CRV) != crv or not _is_int(key.get(K_CRV)):
+    if key.get(K_CRV) != crv or not is_int(key.get(K_CRV)):
         raise CertificateError("%s: crv must be %d" % (field, crv))
     x = key.get(K_X)
     if not isinstance(x, bytes) or len(x) != 32:
         raise CertificateError("%s: x must be 32 bytes" % field)
-    if crv == CRV_ED25519 and K_ALG in key and (key[K_ALG] != -8 or not _is_int(key[K_ALG])):
+    if crv == CRV_ED25519 and K_ALG in key and (key[K_ALG] != -8 or not is_int(key[K_ALG])):
         raise CertificateError("%s: alg must be -8 (EdDSA)" % field)
     return x
 
@@ -261,7 +259,7 @@ def validity_state(cert, now):
     expired (now >= exp) > not-yet-valid (now < nbf) > expiring (exp - now <= 30 days)
     > renewal-due (now >= nbf + 2/3 (exp - nbf)) > valid.
     """
-    if not _is_int(now):
+    if not is_int(now):
         raise ValidationError("now", "must be integer seconds")
     if now >= cert.expires:
         return EXPIRED

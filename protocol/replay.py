@@ -14,6 +14,7 @@ without ever arriving. State round-trips through a small dict (to_state/from_sta
 gateway's journal. Runs on MicroPython (bytearray bitmap, no big allocations per message).
 """
 
+from protocol.checks import is_int
 from protocol.errors import ValidationError
 
 NEW = "new"
@@ -27,18 +28,15 @@ MAX_SEQ = 0xFFFFFFFFFFFFFFFF
 STATE_VERSION = 1
 
 
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
 
 def _check_seq(field, seq):
-    if not _is_int(seq) or seq < 0 or seq > MAX_SEQ:
+    if not is_int(seq) or seq < 0 or seq > MAX_SEQ:
         raise ValidationError(field, "must be an integer in [0, 2**64-1]")
     return seq
 
 
 def _check_window(window):
-    if not _is_int(window) or window < 8 or window > MAX_WINDOW or window % 8:
+    if not is_int(window) or window < 8 or window > MAX_WINDOW or window % 8:
         raise ValidationError("window", "must be a multiple of 8 in [8, %d]" % MAX_WINDOW)
     return window
 
@@ -183,7 +181,7 @@ class SequenceTracker:
         """Rebuild a tracker from to_state() output. Raises ValidationError if inconsistent."""
         if not isinstance(state, dict):
             raise ValidationError("state", "must be a dict")
-        if state.get("v") != STATE_VERSION or not _is_int(state.get("v")):
+        if state.get("v") != STATE_VERSION or not is_int(state.get("v")):
             raise ValidationError("state", "unknown version %r" % (state.get("v"),))
         tracker = cls(state.get("window"))
         floor = state.get("floor")
@@ -193,7 +191,7 @@ class SequenceTracker:
         lost = state.get("lost")
         if not isinstance(bits, (bytes, bytearray)) or len(bits) != tracker.window // 8:
             raise ValidationError("bits", "must be %d bytes" % (tracker.window // 8))
-        if not _is_int(lost) or lost < 0:
+        if not is_int(lost) or lost < 0:
             raise ValidationError("lost", "must be a non-negative integer")
         if floor is not None:
             _check_seq("floor", floor)
@@ -202,7 +200,7 @@ class SequenceTracker:
                 raise ValidationError("high", "missing while base/floor are set")
         else:
             _check_seq("base", base)
-            if not _is_int(high) or high < base - 1 or high > MAX_SEQ:
+            if not is_int(high) or high < base - 1 or high > MAX_SEQ:
                 raise ValidationError("high", "must be an integer >= base - 1")
             if floor is not None and base < floor:
                 raise ValidationError("base", "below floor")

@@ -24,9 +24,9 @@ X25519(d, G) (see `static_secret`), computed once per gateway key.
 Pure functions and small state classes, no I/O. Runs on MicroPython.
 """
 
-import binascii
 
 from protocol import cbor, crypto
+from protocol.checks import fixed_bytes, hexstr, is_int
 from protocol.cose import key_id
 from protocol.errors import SealError, ValidationError, VersionError
 from protocol.topics import check_id
@@ -55,28 +55,18 @@ PROOF_LABEL = b"vitalbridge accept proof"
 _OKM_SIZE = 3 * KEY_SIZE + SESSION_ID_SIZE
 
 
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _fixed_bytes(field, value, size):
-    if not isinstance(value, (bytes, bytearray)):
-        raise ValidationError(field, "must be bytes, not %s" % type(value).__name__)
-    if len(value) != size:
-        raise ValidationError(field, "must be %d bytes, not %d" % (size, len(value)))
-    return bytes(value)
 
 
 def _check_body(body, allowed, what):
     if not isinstance(body, dict):
         raise ValidationError(what, "must be a map, not %s" % type(body).__name__)
     for label in body:
-        if not _is_int(label) or label not in allowed:
+        if not is_int(label) or label not in allowed:
             raise ValidationError(what, "unknown field %r" % (label,))
     if L_VERSION not in body:
         raise ValidationError("version", "missing from %s" % what)
     version = body[L_VERSION]
-    if not _is_int(version):
+    if not is_int(version):
         raise ValidationError("version", "must be an integer")
     if version != HANDSHAKE_VERSION:
         raise VersionError(
@@ -142,11 +132,11 @@ def parse_hello(body):
     """Validate a hello body (the decoded map) -> Hello. Raises ProtocolError subclasses."""
     _check_body(body, _HELLO_LABELS, "hello")
     device_id = check_id("device_id", _required(body, L_DEVICE_ID, "device_id", "hello"))
-    nonce = _fixed_bytes("nonce", _required(body, L_NONCE, "nonce", "hello"), NONCE_SIZE)
-    device_key = _fixed_bytes(
+    nonce = fixed_bytes("nonce", _required(body, L_NONCE, "nonce", "hello"), NONCE_SIZE)
+    device_key = fixed_bytes(
         "device_key", _required(body, L_DEVICE_KEY, "device_key", "hello"), KEY_SIZE
     )
-    gateway_kid = _fixed_bytes(
+    gateway_kid = fixed_bytes(
         "gateway_kid", _required(body, L_GATEWAY_KID, "gateway_kid", "hello"), SESSION_ID_SIZE
     )
     return Hello(device_id, nonce, device_key, gateway_kid)
@@ -155,17 +145,17 @@ def parse_hello(body):
 def parse_accept(body):
     """Validate an accept body (the decoded map) -> Accept. Raises ProtocolError subclasses."""
     _check_body(body, _ACCEPT_LABELS, "accept")
-    nonce = _fixed_bytes("nonce", _required(body, L_NONCE, "nonce", "accept"), NONCE_SIZE)
-    gateway_kid = _fixed_bytes(
+    nonce = fixed_bytes("nonce", _required(body, L_NONCE, "nonce", "accept"), NONCE_SIZE)
+    gateway_kid = fixed_bytes(
         "gateway_kid", _required(body, L_GATEWAY_KID, "gateway_kid", "accept"), SESSION_ID_SIZE
     )
-    ephemeral = _fixed_bytes(
+    ephemeral = fixed_bytes(
         "ephemeral_key", _required(body, L_EPHEMERAL_KEY, "ephemeral_key", "accept"), KEY_SIZE
     )
     time = body.get(L_TIME)
-    if L_TIME in body and (not _is_int(time) or time < 0):
+    if L_TIME in body and (not is_int(time) or time < 0):
         raise ValidationError("time", "must be a non-negative integer")
-    proof = _fixed_bytes("proof", _required(body, L_PROOF, "proof", "accept"), PROOF_SIZE)
+    proof = fixed_bytes("proof", _required(body, L_PROOF, "proof", "accept"), PROOF_SIZE)
     return Accept(nonce, gateway_kid, ephemeral, time, proof)
 
 
@@ -217,19 +207,16 @@ class Session:
 
     def __repr__(self):
         # Keys are deliberately left out of the repr (logs must never show them).
-        return "<Session %s device=%s id=%s>" % (self.role, self.device_id, _hex(self.session_id))
+        return "<Session %s device=%s id=%s>" % (self.role, self.device_id, hexstr(self.session_id))
 
-
-def _hex(raw):
-    return binascii.hexlify(raw).decode()
 
 
 def static_secret(private_key, peer_public):
     """X25519(private, peer): the device caches this per gateway key (one X25519 saved per
     session). Raises SealError for a low-order peer key."""
     return crypto.x25519_shared(
-        _fixed_bytes("private_key", private_key, KEY_SIZE),
-        _fixed_bytes("peer_public", peer_public, KEY_SIZE),
+        fixed_bytes("private_key", private_key, KEY_SIZE),
+        fixed_bytes("peer_public", peer_public, KEY_SIZE),
     )
 
 
@@ -245,19 +232,19 @@ class DeviceHandshake:
     def __init__(self, device_id, static_private, gateway_public, static_public=None,
                  static_secret=None, nonce=None):
         check_id("device_id", device_id)
-        self._private = _fixed_bytes("static_private", static_private, KEY_SIZE)
-        self._gateway_public = _fixed_bytes("gateway_public", gateway_public, KEY_SIZE)
+        self._private = fixed_bytes("static_private", static_private, KEY_SIZE)
+        self._gateway_public = fixed_bytes("gateway_public", gateway_public, KEY_SIZE)
         if static_public is None:
             static_public = crypto.x25519_public_key(self._private)
         if static_secret is not None:
-            static_secret = _fixed_bytes("static_secret", static_secret, KEY_SIZE)
+            static_secret = fixed_bytes("static_secret", static_secret, KEY_SIZE)
         self._static_secret = static_secret
         if nonce is None:
             nonce = crypto.random_bytes(NONCE_SIZE)
         self._hello = Hello(
             device_id,
-            _fixed_bytes("nonce", nonce, NONCE_SIZE),
-            _fixed_bytes("static_public", static_public, KEY_SIZE),
+            fixed_bytes("nonce", nonce, NONCE_SIZE),
+            fixed_bytes("static_public", static_public, KEY_SIZE),
             key_id(self._gateway_public),
         )
         self.session = None
@@ -275,7 +262,7 @@ class DeviceHandshake:
         if accept.gateway_kid != self._hello.gateway_kid:
             raise SealError(
                 "accept from gateway key %s, expected %s"
-                % (_hex(accept.gateway_kid), _hex(self._hello.gateway_kid))
+                % (hexstr(accept.gateway_kid), hexstr(self._hello.gateway_kid))
             )
         dh_ephemeral = crypto.x25519_shared(self._private, accept.ephemeral_key)
         if self._static_secret is None:
@@ -304,30 +291,30 @@ def gateway_accept(hello, device_public, static_private, static_public=None, now
     """
     if not isinstance(hello, Hello):
         hello = parse_hello(hello)
-    device_public = _fixed_bytes("device_public", device_public, KEY_SIZE)
-    static_private = _fixed_bytes("static_private", static_private, KEY_SIZE)
+    device_public = fixed_bytes("device_public", device_public, KEY_SIZE)
+    static_private = fixed_bytes("static_private", static_private, KEY_SIZE)
     if static_public is None:
         static_public = crypto.x25519_public_key(static_private)
-    static_public = _fixed_bytes("static_public", static_public, KEY_SIZE)
+    static_public = fixed_bytes("static_public", static_public, KEY_SIZE)
     if hello.device_key != device_public:
         raise SealError("device key in hello does not match its certificate")
     own_kid = key_id(static_public)
     if hello.gateway_kid != own_kid:
         raise SealError(
             "hello addressed to gateway key %s, this gateway is %s"
-            % (_hex(hello.gateway_kid), _hex(own_kid))
+            % (hexstr(hello.gateway_kid), hexstr(own_kid))
         )
-    if now is not None and (not _is_int(now) or now < 0):
+    if now is not None and (not is_int(now) or now < 0):
         raise ValidationError("now", "must be a non-negative integer")
     if ephemeral_private is None:
         ephemeral_private = crypto.random_bytes(KEY_SIZE)
-    ephemeral_private = _fixed_bytes("ephemeral_private", ephemeral_private, KEY_SIZE)
+    ephemeral_private = fixed_bytes("ephemeral_private", ephemeral_private, KEY_SIZE)
     if nonce is None:
         nonce = crypto.random_bytes(NONCE_SIZE)
-    nonce = _fixed_bytes("nonce", nonce, NONCE_SIZE)
+    nonce = fixed_bytes("nonce", nonce, NONCE_SIZE)
     if static_secret is None:
         static_secret = crypto.x25519_shared(static_private, device_public)
-    static_secret = _fixed_bytes("static_secret", static_secret, KEY_SIZE)
+    static_secret = fixed_bytes("static_secret", static_secret, KEY_SIZE)
     dh_ephemeral = crypto.x25519_shared(ephemeral_private, device_public)
     accept = Accept(nonce, own_kid, crypto.x25519_public_key(ephemeral_private), now, None)
     th = transcript_hash(hello, accept)
