@@ -1,0 +1,574 @@
+"""The rules engine: readings and device state in, alarm-condition changes out. Pure logic.
+
+`Evaluator.evaluate(reading)` runs on every reading, in this order:
+
+1. artefact guards: a value outside what a body or sensor can produce, a finger-off or
+   sensor-off flag, a signal quality below `min_signal_quality`, or a physiologically
+   implausible jump from the last accepted value suppress the reading for every clinical
+   rule and feed a blue technical condition instead (a jump is accepted as real once the
+   new level has held, self-consistently, for `jump_confirm_after` seconds);
+2. single-parameter thresholds against the patient's limits in force (limits.py), one
+   condition per quantity and side ("spo2:low", "pr:high");
+3. rate-of-change rules ("spo2:fall": a drop of >= delta within window seconds);
+4. the NEWS2 aggregate ("news2") when all five measured vitals are fresh.
+
+Persistence: a condition's raw grade must hold on every accepted reading for the grade's
+persistence time before it fires (red: at once). Spot measurements (blood pressure) and
+manual entries are deliberate single observations and fire at once; so do rate rules
+(their window is the persistence) and device-state conditions (already timed by their
+source). An active condition follows a lower raw grade down at once, rises only after the
+higher grade's persistence, and clears after `clear_after` seconds of normal readings.
+
+The output is a list of `Condition` changes (raised, regraded or cleared = grade None) that
+lifecycle.AlarmLifecycle turns into alarms. Nothing here does I/O or reads a clock: time is
+the reading's time, so a replayed stream gives the same conditions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from edge_agent.alarms import news2
+from edge_agent.alarms.grades import Grade, grade_for_risk
+from edge_agent.alarms.limits import LimitsBook, QuantityLimits, ResolvedLimits
+from protocol import vitals
+from protocol.errors import ValidationError
+
+THRESHOLD = "threshold"
+NEWS2 = "news2"
+RATE = "rate"
+ARTEFACT = "artefact"
+TECHNICAL = "technical"
+KINDS = (THRESHOLD, NEWS2, RATE, ARTEFACT, TECHNICAL)
+
+# Artefact and technical condition names; keys are "<name>:<device>".
+LOW_SIGNAL = "low-signal"
+FINGER_OFF = "finger-off"
+SENSOR_OFF = "sensor-off"
+IMPLAUSIBLE = "implausible"
+UNIT_MISMATCH = "unit-mismatch"
+OFFLINE = "offline"
+BATTERY_LOW = "battery-low"
+CERTIFICATE = "certificate"
+CALIBRATION = "calibration"
+BROKER_REFUSING = "broker-refusing"
+DISK_BUDGET = "disk-budget"
+
+DAY = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One observation as the rules see it. Validated on construction (ValidationError).
+
+    value: a number for vitals quantities (NaN or an impossible value is accepted here and
+    treated as an artefact by the evaluator); one of news2.ACVPU_LEVELS for "acvpu"
+    (manual only); a bool for "o2" (True = on supplemental oxygen). unit None = canonical.
+    signal_quality: 0..100 as reported by the sensor, None when it reports none.
+    """
+
+    patient: str
+    device: str
+    quantity: str
+    value: float | str | bool
+    time: float
+    unit: str | None = None
+    signal_quality: float | None = None
+    finger_off: bool = False
+    sensor_off: bool = False
+    manual: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("patient", "device"):
+            text = getattr(self, name)
+            if not isinstance(text, str) or not text:
+                raise ValidationError(name, "must be non-empty text")
+        if not vitals.is_finite(self.time):
+            raise ValidationError("time", "must be a finite number of seconds")
+        if self.quantity == news2.CONSCIOUSNESS:
+            if self.value not in news2.ACVPU_LEVELS or not isinstance(self.value, str):
+                raise ValidationError("v", "consciousness must be one of A, C, V, P, U")
+            if not self.manual:
+                raise ValidationError("manual", "consciousness is assessed by a person only")
+        elif self.quantity == news2.OXYGEN:
+            if not isinstance(self.value, bool):
+                raise ValidationError("v", "oxygen must be true (oxygen) or false (air)")
+        else:
+            object.__setattr__(self, "unit", vitals.check_unit(self.quantity, self.unit))
+            if not vitals.is_number(self.value):
+                raise ValidationError("v", "value must be a number")
+        sq = self.signal_quality
+        if sq is not None and (not vitals.is_finite(sq) or not 0 <= sq <= 100):
+            raise ValidationError("signal_quality", "must be 0..100 or None")
+        for flag in ("finger_off", "sensor_off", "manual"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValidationError(flag, "must be a bool")
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatus:
+    """What the registry knows about a device at `time` (None: unknown, left as it was)."""
+
+    device: str
+    patient: str | None
+    time: float
+    last_seen: float | None = None
+    battery: float | None = None  # percent
+    sensor_off: bool | None = None
+    certificate_state: str | None = None  # protocol.cwt.validity_state()
+    calibration_due: float | None = None  # POSIX seconds
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayStatus:
+    time: float
+    broker_refusing: bool | None = None  # the broker refuses our connection or publishes
+    disk_used: int | None = None  # bytes the journal uses
+    disk_budget: int | None = None  # bytes it may use
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """A change of one alarm condition: raised/regraded (grade set) or cleared (None)."""
+
+    key: str
+    kind: str
+    grade: Grade | None
+    time: float
+    patient: str | None
+    device: str | None = None
+    quantity: str | None = None
+    value: float | str | bool | None = None
+    detail: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.grade is not None
+
+
+@dataclass(frozen=True, slots=True)
+class RateRule:
+    """Fire `grade` when `quantity` moved by >= delta in `direction` ("fall" or "rise")
+    within the last `window` seconds (compared with the extreme value in that window)."""
+
+    quantity: str
+    direction: str
+    delta: float
+    window: float
+    grade: Grade
+
+    @property
+    def key(self) -> str:
+        return f"{self.quantity}:{self.direction}"
+
+
+@dataclass(frozen=True, slots=True)
+class JumpGuard:
+    """A change larger than floor + per_second * dt from the last accepted value is not
+    physiological for this quantity (oximeter averaging and body physiology bound it)."""
+
+    floor: float
+    per_second: float
+
+    def allows(self, delta: float, dt: float) -> bool:
+        return abs(delta) <= self.floor + self.per_second * max(dt, 0.0)
+
+
+def _default_persistence() -> dict[Grade, float]:
+    return {Grade.RED: 0.0, Grade.ORANGE: 10.0, Grade.YELLOW: 30.0, Grade.BLUE: 5.0}
+
+
+def _default_jump_guards() -> dict[str, JumpGuard]:
+    return {
+        "spo2": JumpGuard(4.0, 2.0),
+        "pr": JumpGuard(20.0, 30.0),
+        "hr": JumpGuard(20.0, 30.0),
+        "rr": JumpGuard(8.0, 4.0),
+        "temp": JumpGuard(1.0, 0.1),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluatorConfig:
+    persistence: dict[Grade, float] = field(default_factory=_default_persistence)
+    clear_after: float = 5.0
+    spot_quantities: frozenset[str] = frozenset({"sys", "dia", "map"})
+    news2_freshness: float = 900.0
+    min_signal_quality: float = 40.0
+    jump_guards: dict[str, JumpGuard] = field(default_factory=_default_jump_guards)
+    jump_confirm_after: float = 5.0
+    rate_rules: tuple[RateRule, ...] = (RateRule("spo2", "fall", 5.0, 30.0, Grade.ORANGE),)
+    offline_after: float = 60.0
+    battery_low: float = 20.0
+    alarming_certificate_states: frozenset[str] = frozenset(
+        {"expiring", "expired", "not-yet-valid"})
+    calibration_warning: float = 30 * DAY
+    disk_budget_fraction: float = 0.9
+
+    def __post_init__(self) -> None:
+        if set(self.persistence) != set(Grade) or any(
+                not math.isfinite(p) or p < 0 for p in self.persistence.values()):
+            raise ValidationError("persistence", "needs a finite time >= 0 for every grade")
+        if self.persistence[Grade.RED] != 0:
+            raise ValidationError("persistence", "red fires at once (persistence 0)")
+        for rule in self.rate_rules:
+            if rule.direction not in ("fall", "rise") or rule.delta <= 0 or rule.window <= 0:
+                raise ValidationError("rate_rules", f"bad rule {rule!r}")
+
+
+# The grades a condition climbs through: technical conditions only know blue; a clinical
+# condition never reports blue on its way up to yellow.
+_LADDERS = {True: (Grade.BLUE,), False: (Grade.YELLOW, Grade.ORANGE, Grade.RED)}
+
+
+class _Track:
+    """Debounces one condition: persistence before firing, hysteresis before clearing."""
+
+    __slots__ = ("since", "active", "normal_since")
+
+    def __init__(self) -> None:
+        self.since: dict[Grade, float] = {}
+        self.active: Grade | None = None
+        self.normal_since: float | None = None
+
+    def step(self, t: float, raw: Grade | None, persistence: dict[Grade, float],
+             clear_after: float, immediate: bool) -> bool:
+        """Feed one observation's raw grade; True if the reported grade changed."""
+        since = self.since
+        if raw is None:
+            since.clear()
+            if self.active is None:
+                return False
+            if immediate:
+                self.active = None
+                return True
+            if self.normal_since is None:
+                self.normal_since = t
+            if t - self.normal_since >= clear_after:
+                self.active = None
+                self.normal_since = None
+                return True
+            return False
+        self.normal_since = None
+        for grade in list(since):
+            if grade > raw:
+                del since[grade]
+        fired: Grade | None = None
+        for grade in _LADDERS[raw is Grade.BLUE]:
+            if grade > raw:
+                break
+            start = since.setdefault(grade, t)
+            if immediate or t - start >= persistence[grade]:
+                fired = grade
+        if self.active is not None:
+            held = min(self.active, raw)
+            fired = held if fired is None else max(fired, held)
+        if fired != self.active:
+            self.active = fired
+            return True
+        return False
+
+
+@dataclass(slots=True)
+class _AcceptedValue:
+    value: float
+    time: float
+    pending: tuple[float, float, float] | None = None  # (first time, last value, last time)
+
+
+@dataclass(slots=True)
+class _PatientVitals:
+    latest: dict[str, tuple[float, float]] = field(default_factory=dict)  # parameter -> (v, t)
+    consciousness: tuple[str, float] | None = None
+    oxygen: tuple[bool, float] | None = None
+    history: dict[str, deque[tuple[float, float]]] = field(default_factory=dict)
+
+
+class Evaluator:
+    """Turns readings and device/gateway state into alarm-condition changes."""
+
+    def __init__(self, limits: LimitsBook, config: EvaluatorConfig | None = None) -> None:
+        self.limits = limits
+        self.config = config or EvaluatorConfig()
+        self._tracks: dict[tuple[str | None, str], _Track] = {}
+        self._accepted: dict[tuple[str, str], _AcceptedValue] = {}  # (device, quantity)
+        self._patients: dict[str, _PatientVitals] = {}
+        self._device_patient: dict[str, str | None] = {}
+        self._last_seen: dict[str, float] = {}
+        self._max_rate_window = max((r.window for r in self.config.rate_rules), default=0.0)
+
+    # ------------------------------------------------------------------ readings
+
+    def evaluate(self, reading: Reading) -> list[Condition]:
+        """All condition changes this reading causes (usually none)."""
+        out: list[Condition] = []
+        device, t = reading.device, reading.time
+        self._device_patient[device] = reading.patient
+        if t > self._last_seen.get(device, -math.inf):
+            self._last_seen[device] = t
+        self._technical(out, reading.patient, device, OFFLINE, None, t, "")
+        if reading.quantity == news2.CONSCIOUSNESS:
+            self._consciousness(out, reading)
+            return out
+        if reading.quantity == news2.OXYGEN:
+            self._observe(out, reading, news2.OXYGEN)
+            return out
+        if not self._passes_artefact_guards(out, reading):
+            return out
+        if reading.quantity == "bat":
+            low = reading.value <= self.config.battery_low
+            self._technical(out, reading.patient, device, BATTERY_LOW, Grade.BLUE if low else None,
+                            t, f"battery {reading.value:g} %", value=reading.value)
+            return out
+        resolved = self.limits.resolve(reading.patient, t)
+        vitals_state = self._patients.get(reading.patient)
+        observed_oxygen = self._fresh_oxygen(vitals_state, t)
+        limits = resolved.for_quantity(reading.quantity, observed_oxygen)
+        immediate = reading.manual or reading.quantity in self.config.spot_quantities
+        if limits is not None:
+            self._thresholds(out, reading, limits, resolved, immediate)
+        self._rates(out, reading)
+        parameter = news2.QUANTITY_PARAMETER.get(reading.quantity)
+        if parameter is not None:
+            self._observe(out, reading, parameter, immediate)
+        return out
+
+    def _passes_artefact_guards(self, out: list[Condition], reading: Reading) -> bool:
+        patient, device, t, value = reading.patient, reading.device, reading.time, reading.value
+        clean = True
+        for name, flagged in ((FINGER_OFF, reading.finger_off), (SENSOR_OFF, reading.sensor_off)):
+            self._artefact(out, patient, device, name, flagged, t, f"{name} reported by sensor")
+            clean = clean and not flagged
+        sq = reading.signal_quality
+        if sq is not None:
+            low = sq < self.config.min_signal_quality
+            self._artefact(out, patient, device, LOW_SIGNAL, low, t,
+                           f"signal quality {sq:g} below {self.config.min_signal_quality:g}")
+            clean = clean and not low
+        if not clean:
+            return False
+        try:
+            vitals.check_value(reading.quantity, value, reading.unit)
+        except ValidationError as exc:
+            self._artefact(out, patient, device, IMPLAUSIBLE, True, t,
+                           f"{reading.quantity}: {exc.reason}")
+            return False
+        jump = self._implausible_jump(reading)
+        self._artefact(out, patient, device, IMPLAUSIBLE, jump is not None, t, jump or "")
+        return jump is None
+
+    def _implausible_jump(self, reading: Reading) -> str | None:
+        """None if the value is plausible (and now accepted), else why it is not."""
+        guard = self.config.jump_guards.get(reading.quantity)
+        key = (reading.device, reading.quantity)
+        value, t = float(reading.value), reading.time
+        last = self._accepted.get(key)
+        if guard is None or last is None or reading.manual or guard.allows(
+                value - last.value, t - last.time):
+            self._accepted[key] = _AcceptedValue(value, t)
+            return None
+        pending = last.pending
+        if pending is not None and guard.allows(value - pending[1], t - pending[2]):
+            if t - pending[0] >= self.config.jump_confirm_after:
+                self._accepted[key] = _AcceptedValue(value, t)  # the new level is real
+                return None
+            last.pending = (pending[0], value, t)
+        else:
+            last.pending = (t, value, t)
+        return (f"{reading.quantity} jumped {last.value:g} -> {value:g} "
+                f"in {t - last.time:g} s (implausible)")
+
+    def _thresholds(self, out: list[Condition], reading: Reading, limits: QuantityLimits,
+                    resolved: ResolvedLimits, immediate: bool) -> None:
+        q = reading.quantity
+        mismatch = reading.unit != limits.unit
+        self._technical(out, reading.patient, reading.device, f"{UNIT_MISMATCH}:{q}",
+                        Grade.BLUE if mismatch else None, reading.time,
+                        f"{q} in {reading.unit} but limits are in {limits.unit}")
+        if mismatch:
+            return  # never compare numbers in different units
+        value = float(reading.value)
+        for side, raw in (("low", limits.grade_low(value)), ("high", limits.grade_high(value))):
+            key = f"{q}:{side}"
+            if self._step(reading.patient, key, raw, reading.time, immediate):
+                track = self._tracks[(reading.patient, key)]
+                out.append(Condition(
+                    key, THRESHOLD, track.active, reading.time, reading.patient, reading.device,
+                    q, reading.value,
+                    f"{q} {value:g} {limits.unit} ({side}); limits: "
+                    f"{resolved.provenance(q).describe()}"))
+
+    def _rates(self, out: list[Condition], reading: Reading) -> None:
+        rules = [r for r in self.config.rate_rules if r.quantity == reading.quantity]
+        if not rules:
+            return
+        state = self._patients.setdefault(reading.patient, _PatientVitals())
+        history = state.history.setdefault(reading.quantity, deque())
+        t, value = reading.time, float(reading.value)
+        history.append((t, value))
+        while history and history[0][0] < t - self._max_rate_window:
+            history.popleft()
+        for rule in rules:
+            window = [v for ht, v in history if ht >= t - rule.window]
+            if rule.direction == "fall":
+                change = max(window) - value
+            else:
+                change = value - min(window)
+            raw = rule.grade if change >= rule.delta else None
+            if self._step(reading.patient, rule.key, raw, t, True):
+                out.append(Condition(
+                    rule.key, RATE, raw, t, reading.patient, reading.device, reading.quantity,
+                    reading.value, f"{reading.quantity} {rule.direction} of {change:g} within "
+                    f"{rule.window:g} s (rule: >= {rule.delta:g})"))
+
+    def _consciousness(self, out: list[Condition], reading: Reading) -> None:
+        raw = Grade.RED if news2.consciousness_score(str(reading.value)) else None
+        if self._step(reading.patient, news2.CONSCIOUSNESS, raw, reading.time, True):
+            out.append(Condition(news2.CONSCIOUSNESS, THRESHOLD, raw, reading.time,
+                                 reading.patient, reading.device, news2.CONSCIOUSNESS,
+                                 reading.value, f"ACVPU {reading.value} (manual)"))
+        self._observe(out, reading, news2.CONSCIOUSNESS, True)
+
+    def _observe(self, out: list[Condition], reading: Reading, parameter: str,
+                 immediate: bool = True) -> None:
+        """Record a NEWS2 input and re-score the aggregate if every vital is fresh."""
+        state = self._patients.setdefault(reading.patient, _PatientVitals())
+        t = reading.time
+        if parameter == news2.CONSCIOUSNESS:
+            state.consciousness = (str(reading.value), t)
+        elif parameter == news2.OXYGEN:
+            state.oxygen = (bool(reading.value), t)
+        else:
+            state.latest[parameter] = (float(reading.value), t)
+        fresh_after = t - self.config.news2_freshness
+        values = []
+        for name in news2.MEASURED:
+            latest = state.latest.get(name)
+            if latest is None or latest[1] < fresh_after:
+                return
+            values.append(latest[0])
+        resolved = self.limits.resolve(reading.patient, t)
+        oxygen = self._fresh_oxygen(state, t)
+        consciousness = state.consciousness
+        level = "A" if consciousness is None or consciousness[1] < fresh_after else consciousness[0]
+        result = news2.aggregate(
+            *values, consciousness=level,
+            on_oxygen=resolved.on_oxygen if oxygen is None else oxygen,
+            scale=resolved.spo2_scale)
+        raw = grade_for_risk(result.risk)
+        if self._step(reading.patient, NEWS2, raw, t, immediate):
+            assessed = "" if consciousness is not None and consciousness[1] >= fresh_after else (
+                "; consciousness not assessed, alert assumed")
+            out.append(Condition(
+                NEWS2, NEWS2, self._tracks[(reading.patient, NEWS2)].active, t, reading.patient,
+                reading.device, None, result.total,
+                f"NEWS2 {result.total} ({result.risk} risk){assessed}"))
+
+    def _fresh_oxygen(self, state: _PatientVitals | None, t: float) -> bool | None:
+        if state is None or state.oxygen is None:
+            return None
+        value, seen = state.oxygen
+        return value if seen >= t - self.config.news2_freshness else None
+
+    # ------------------------------------------------------------------ device state
+
+    def device_status(self, status: DeviceStatus) -> list[Condition]:
+        """Technical conditions from the registry's view of one device."""
+        out: list[Condition] = []
+        device, patient, t = status.device, status.patient, status.time
+        if patient is not None:
+            self._device_patient[device] = patient
+        patient = self._device_patient.get(device)
+        if status.last_seen is not None and status.last_seen > self._last_seen.get(device,
+                                                                                   -math.inf):
+            self._last_seen[device] = status.last_seen
+            self._offline(out, device, t)
+        if status.battery is not None:
+            low = status.battery <= self.config.battery_low
+            self._technical(out, patient, device, BATTERY_LOW, Grade.BLUE if low else None, t,
+                            f"battery {status.battery:g} %", value=status.battery)
+        if status.sensor_off is not None:
+            self._technical(out, patient, device, SENSOR_OFF,
+                            Grade.BLUE if status.sensor_off else None, t, "sensor off")
+        if status.certificate_state is not None:
+            state = status.certificate_state
+            bad = state in self.config.alarming_certificate_states
+            self._technical(out, patient, device, CERTIFICATE, Grade.BLUE if bad else None, t,
+                            f"certificate {state}", value=state)
+        if status.calibration_due is not None:
+            left = status.calibration_due - t
+            due = left <= self.config.calibration_warning
+            what = "overdue" if left < 0 else f"due in {left / DAY:.0f} days"
+            self._technical(out, patient, device, CALIBRATION, Grade.BLUE if due else None, t,
+                            f"calibration {what}")
+        return out
+
+    def gateway_status(self, status: GatewayStatus) -> list[Condition]:
+        """Technical conditions of the gateway itself (patient None)."""
+        out: list[Condition] = []
+        if status.broker_refusing is not None:
+            self._technical(out, None, None, BROKER_REFUSING,
+                            Grade.BLUE if status.broker_refusing else None, status.time,
+                            "broker refuses the gateway")
+        if status.disk_used is not None and status.disk_budget:
+            fraction = status.disk_used / status.disk_budget
+            full = fraction >= self.config.disk_budget_fraction
+            self._technical(out, None, None, DISK_BUDGET, Grade.BLUE if full else None,
+                            status.time, f"journal uses {fraction:.0%} of its disk budget",
+                            value=fraction)
+        return out
+
+    def tick(self, now: float) -> list[Condition]:
+        """Time-driven conditions: devices that stopped reporting go offline."""
+        out: list[Condition] = []
+        for device in list(self._last_seen):
+            self._offline(out, device, now)
+        return out
+
+    def _offline(self, out: list[Condition], device: str, now: float) -> None:
+        silent = now - self._last_seen[device]
+        raw = Grade.BLUE if silent > self.config.offline_after else None
+        self._technical(out, self._device_patient.get(device), device, OFFLINE, raw, now,
+                        f"no data for {silent:.0f} s")
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _step(self, patient: str | None, key: str, raw: Grade | None, t: float,
+              immediate: bool) -> bool:
+        track = self._tracks.get((patient, key))
+        if track is None:
+            if raw is None:
+                return False  # nothing to clear, no state worth keeping
+            track = self._tracks[(patient, key)] = _Track()
+        return track.step(t, raw, self.config.persistence, self.config.clear_after, immediate)
+
+    def _artefact(self, out: list[Condition], patient: str, device: str, name: str,
+                  flagged: bool, t: float, detail: str) -> None:
+        key = f"{name}:{device}"
+        if self._step(patient, key, Grade.BLUE if flagged else None, t, False):
+            grade = self._tracks[(patient, key)].active
+            out.append(Condition(key, ARTEFACT, grade, t, patient, device,
+                                 detail=detail if grade is not None else f"{name} ended"))
+
+    def _technical(self, out: list[Condition], patient: str | None, device: str | None,
+                   name: str, raw: Grade | None, t: float, detail: str,
+                   value: float | str | None = None) -> None:
+        key = name if device is None else f"{name}:{device}"
+        if self._step(patient, key, raw, t, True):
+            out.append(Condition(key, TECHNICAL, raw, t, patient, device, value=value,
+                                 detail=detail if raw is not None else f"{name} ended"))
+
+    def resume(self, active: Iterable[tuple[str | None, str, Grade]]) -> None:
+        """Seed conditions that were active before a restart ((patient, key, grade), e.g.
+        AlarmLifecycle.active_conditions()), so that normal readings clear them again
+        instead of leaving their alarms active for ever."""
+        for patient, key, grade in active:
+            track = self._tracks.setdefault((patient, key), _Track())
+            track.active = grade
+
+    def active_conditions(self) -> dict[tuple[str | None, str], Grade]:
+        """(patient, key) -> grade of every condition currently reported active."""
+        return {k: track.active for k, track in self._tracks.items() if track.active is not None}
