@@ -33,6 +33,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge_agent.alarms import evaluator as alarm_rules
+from edge_agent.alarms import lifecycle as alarm_lifecycle
+from edge_agent.alarms.limits import LimitsBook
 from protocol import (
     checkpoint,
     cose,
@@ -52,8 +55,8 @@ from simulator.broker import Broker
 GATEWAY_ID = "demo-gw"
 DEVICE_ID = "ox-1"
 BASE_NAME = f"urn:dev:vb:{DEVICE_ID}:"
-SPO2_RED = 91      # NEWS2 scale 1: <= 91 % scores 3
-SPO2_YELLOW = 95   # 92-95 % scores 1-2
+PATIENT_ID = "P-demo"  # pseudonymous
+SPO2_RED = 91         # NEWS2 scale 1: <= 91 % scores 3 (a red alarm in our grading)
 CHECKPOINT_EVERY_S = 10.0
 
 
@@ -178,7 +181,8 @@ class Gateway(threading.Thread):
         self.tracker = replay.SequenceTracker()
         self.pending: dict[int, bytes] = {}     # MQTT mid -> digest, until PUBACK
         self.state: dict[bytes, str] = {}       # digest -> "stored" | "sent" | "received"
-        self.alarm_active = ""
+        self.evaluator = alarm_rules.Evaluator(LimitsBook())
+        self.lifecycle = alarm_lifecycle.AlarmLifecycle()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=GATEWAY_ID,
                                   protocol=mqtt.MQTTv5)
         self.client.on_publish = self.on_publish
@@ -248,22 +252,29 @@ class Gateway(threading.Thread):
                                 messages.encode("checkpoint", body), qos=1)
 
     def evaluate(self, batch: sealing.OpenedBatch) -> None:
+        """The gateway's rules engine (NEWS2 defaults) on every reading, offline-capable."""
         for reading in batch.readings:
             with self.tally.lock:
                 self.tally.last[reading.quantity] = reading.value
-            if reading.quantity != "spo2":
+            observation = alarm_rules.Reading(
+                patient=PATIENT_ID, device=DEVICE_ID, quantity=reading.quantity,
+                value=reading.value, time=float(reading.time), unit=reading.unit)
+            conditions = self.evaluator.evaluate(observation)
+            conditions += self.evaluator.tick(float(reading.time))
+            self.publish_alarm_steps(self.lifecycle.apply_all(conditions))
+
+    def publish_alarm_steps(self, steps: list[alarm_lifecycle.Step]) -> None:
+        for step in steps:
+            if step.kind not in (alarm_lifecycle.RAISED, alarm_lifecycle.REGRADED):
                 continue
-            grade = ("red" if reading.value <= SPO2_RED
-                     else "yellow" if reading.value <= SPO2_YELLOW else "")
-            if grade and grade != self.alarm_active:
-                self.alarm_active = grade
-                limit = SPO2_RED if grade == "red" else SPO2_YELLOW
-                text = f"SpO2 {reading.value:g} % (limit {limit})"
-                with self.tally.lock:
-                    self.tally.alarms.append((time.time(), grade, text))
-                self.client.publish(topics.up(GATEWAY_ID, topics.UP_ALARM),
-                                    messages.encode("alarm", {"grade": grade, "text": text}),
-                                    qos=1)
+            alarm = self.lifecycle.alarm(step.alarm_id)
+            text = f"{alarm.key}: {step.value:g}" if isinstance(step.value, float | int) \
+                else alarm.key
+            with self.tally.lock:
+                self.tally.alarms.append((time.time(), step.grade.label, text))
+            self.client.publish(topics.up(GATEWAY_ID, topics.UP_ALARM),
+                                messages.encode("alarm", {"grade": step.grade.label,
+                                                          "text": text}), qos=1)
 
     def run(self) -> None:
         decoder = frames.FrameDecoder()
