@@ -10,7 +10,7 @@ def test_demo_delivers_everything_and_raises_the_alarm() -> None:
     assert tally.received == tally.generated == tally.at_gateway
     assert tally.duplicates == 0
     assert tally.checkpoints_ok >= 1 and tally.checkpoints_bad == 0
-    assert [grade for _, grade, _ in tally.alarms][-1] == "red"
+    assert "red" in [grade for _, grade, _ in tally.alarms]
     assert not tally.notes, tally.notes
 
 
