@@ -1,0 +1,349 @@
+"""The kinds of event the tamper-evident journal records, and the rule for their details.
+
+Every kind declares its fields and their types; `validate(kind, actor, subject, details)`
+returns a clean copy of the details or raises ValidationError naming the field.
+
+The rule (docs/eventlog.md): the event journal is evidence an auditor may read, export and
+hand on, so it NEVER holds key material or patient data.
+- No secrets: a field named like key/secret/seed/private/token/password/credential/psk is
+  refused unless the kind declares it as a public value (a key id, a public key or a
+  digest); byte strings are refused outright (public keys and digests travel as lower-case
+  hex, which also keeps the export plain JSON); a text value that looks like a 32+ byte blob
+  (64+ hex digits, or 43+ base64 characters mixing cases and digits) is refused in every
+  field that is not a declared public key or digest.
+- No patient values or identity: field names like value/reading/measurement, any vital-sign
+  quantity name (hr, spo2, ...), and personal data names (name, birth, address, phone,
+  email ...) are refused, and no kind declares such a field. A patient appears only as a
+  pseudonymous id (letters, digits, . _ -, with at least one digit: "p-4f7a2c").
+Unknown kinds and undeclared fields are refused: a new field is added here, where the rule
+is checked for it at import time.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol import vitals
+from protocol.errors import ValidationError
+
+# ---------------------------------------------------------------- field types
+
+MAX_TEXT = 200
+MAX_LIST = 64
+INT_LIMIT = 1 << 63
+
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+_HEX16 = re.compile(r"[0-9a-f]{16}\Z")
+_IDENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}\Z")
+# Same shape as the registry's patient ids, plus the digit that keeps names out.
+_PSEUDONYM = re.compile(r"(?=.*[0-9])[A-Za-z0-9][A-Za-z0-9._-]{3,63}\Z")
+_ACTOR = re.compile(r"[a-z][a-z0-9-]{0,31}(:[A-Za-z0-9][A-Za-z0-9._@-]{0,63})?\Z")
+_SUBJECT = re.compile(r"[\x21-\x7e]{1,200}\Z")
+_FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}\Z")
+
+_HEX_RUN = re.compile(r"[0-9a-fA-F]{64,}")
+_B64_RUN = re.compile(r"[A-Za-z0-9+/_=-]{43,}")
+_SECRET_NAME = re.compile(r"key|secret|seed|priv|token|passw|credential|psk")
+_PATIENT_NAME = re.compile(
+    r"value|reading|measure|result|birth|dob|address|phone|email|surname|first_name|"
+    r"last_name|full_name|^name$|nhs|ssn|mrn|insurance")
+
+
+def looks_like_blob(text: str) -> bool:
+    """True when `text` contains what is probably 32+ bytes of key material or other binary:
+    a run of 64+ hex digits, or a run of 43+ base64/base64url characters (32 bytes encode
+    to 43) that mixes upper case, lower case and digits, as random bytes do (a topic or a
+    dotted name in one case does not)."""
+    if _HEX_RUN.search(text):
+        return True
+    for run in _B64_RUN.findall(text):
+        if (re.search(r"[A-Z]", run) and re.search(r"[a-z]", run)
+                and re.search(r"[0-9]", run)):
+            return True
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class FieldType:
+    """A detail field's type: `check` returns the clean value or raises ValueError(why).
+    `public_blob` marks the types that may hold 32 bytes in hex (public keys, digests)."""
+
+    name: str
+    check: Callable[[Any], Any]
+    public_blob: bool = False
+    secret_name_ok: bool = False  # may be named like "key" (key ids, public keys, digests)
+    choices: tuple[str, ...] = ()  # for enumerations
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be non-empty text")
+    if len(value) > MAX_TEXT:
+        raise ValueError(f"must be at most {MAX_TEXT} characters")
+    if not value.isprintable():
+        raise ValueError("must be printable text (no control characters)")
+    return value
+
+
+def _pattern(regex: re.Pattern[str], what: str) -> Callable[[Any], str]:
+    def check(value: object) -> str:
+        if not isinstance(value, str) or not regex.match(value):
+            raise ValueError(f"must be {what}")
+        return value
+    return check
+
+
+def _count(value: object) -> int:
+    if not _is_int(value) or not 0 <= value < INT_LIMIT:  # type: ignore[operator]
+        raise ValueError("must be an integer >= 0")
+    return value  # type: ignore[return-value]
+
+
+def _byte(value: object) -> int:
+    if not _is_int(value) or not 0 <= value <= 255:  # type: ignore[operator]
+        raise ValueError("must be an integer 0..255")
+    return value  # type: ignore[return-value]
+
+
+def _number(value: object) -> int | float:
+    if _is_int(value) and -INT_LIMIT <= value < INT_LIMIT:  # type: ignore[operator]
+        return value  # type: ignore[return-value]
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    raise ValueError("must be a finite number")
+
+
+def _enum(*choices: str) -> FieldType:
+    def check(value: object) -> str:
+        if value not in choices or not isinstance(value, str):
+            raise ValueError("must be one of " + ", ".join(choices))
+        return value
+    return FieldType("one of " + "|".join(choices), check, choices=choices)
+
+
+def _names(value: object) -> list[str]:
+    if not isinstance(value, list | tuple) or not value or len(value) > MAX_LIST:
+        raise ValueError(f"must be a list of 1..{MAX_LIST} names")
+    return [_pattern(_IDENT, "a name")(item) for item in value]
+
+
+TEXT = FieldType("text", _text)
+IDENT = FieldType("identifier", _pattern(_IDENT, "an identifier (letters, digits, . _ : / @ -)"))
+PSEUDONYM = FieldType("pseudonym", _pattern(
+    _PSEUDONYM, "a pseudonymous patient id (4-64 of letters, digits, . _ -, with a digit)"))
+COUNT = FieldType("count", _count)
+BYTE = FieldType("byte", _byte)
+NUMBER = FieldType("number", _number)
+NAMES = FieldType("names", _names)
+DIGEST = FieldType("digest", _pattern(_HEX64, "a SHA-256 digest as 64 lower-case hex digits"),
+                   public_blob=True, secret_name_ok=True)
+PUBLIC_KEY = FieldType("public key", _pattern(_HEX64, "a 32-byte public key as 64 lower-case "
+                                              "hex digits"), public_blob=True, secret_name_ok=True)
+KID = FieldType("key id", _pattern(_HEX16, "a key id as 16 lower-case hex digits"),
+                secret_name_ok=True)
+
+GRADE = _enum("red", "orange", "yellow", "blue")
+TRANSPORT = _enum("ble", "serial", "wifi")
+
+
+# ---------------------------------------------------------------- kinds
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    name: str
+    summary: str
+    required: Mapping[str, FieldType]
+    optional: Mapping[str, FieldType] = field(default_factory=dict)
+
+    def field_type(self, name: str) -> FieldType | None:
+        return self.required.get(name) or self.optional.get(name)
+
+
+KINDS: dict[str, Kind] = {}
+
+
+def _kind(name: str, summary: str, required: Mapping[str, FieldType],
+          optional: Mapping[str, FieldType] | None = None) -> None:
+    KINDS[name] = Kind(name, summary, dict(required), dict(optional or {}))
+
+
+# Transmission to the centre. digest = SHA-256 of the payload = MQTT correlation data.
+_kind("transmission.published", "a message handed to the MQTT client (queued, not yet sent)",
+      {"topic": IDENT, "message_id": COUNT, "digest": DIGEST},
+      {"count": COUNT, "priority": _enum("routine", "critical", "alarm")})
+_kind("transmission.puback", "the broker acknowledged a publish (PUBACK success)",
+      {"digest": DIGEST, "message_id": COUNT, "reason_code": BYTE})
+_kind("transmission.refused", "the broker refused a publish (PUBACK reason code >= 0x80)",
+      {"digest": DIGEST, "message_id": COUNT, "reason_code": BYTE, "reason": TEXT})
+_kind("transmission.receipt", "the monitoring centre's application receipt: it stored it",
+      {"digest": DIGEST}, {"lag_ms": NUMBER})
+
+# Reception from devices.
+_kind("reception.received", "a verified message from a device, journaled",
+      {"device": IDENT, "transport": TRANSPORT, "verdict": _enum("sealed", "attested", "manual"),
+       "count": COUNT},
+      {"first_seq": COUNT, "last_seq": COUNT, "digest": DIGEST, "session": KID, "flags": NAMES})
+_kind("reception.quarantined", "input that failed verification, kept in quarantine",
+      {"reason": TEXT, "raw_digest": DIGEST, "raw_len": COUNT},
+      {"device": IDENT, "source": IDENT, "transport": TRANSPORT})
+
+# Keys and certificates (edge_agent.lifecycle): only ids, public keys and digests.
+_KEY_PURPOSE = _enum("signing", "agreement", "session", "tls", "attestation")
+_kind("key.generated", "a key pair generated where it is used",
+      {"key_id": KID, "owner": IDENT, "purpose": _KEY_PURPOSE},
+      {"public_key": PUBLIC_KEY, "algorithm": IDENT})
+_kind("key.activated", "a key put into use", {"key_id": KID, "owner": IDENT})
+_kind("key.renewal", "a key replaced by a new one",
+      {"key_id": KID, "new_key_id": KID, "owner": IDENT}, {"reason": TEXT})
+_kind("key.retired", "a key taken out of use", {"key_id": KID, "owner": IDENT}, {"reason": TEXT})
+_kind("key.destroyed", "a retired key's private part erased", {"key_id": KID, "owner": IDENT})
+_kind("key.revoked", "a key withdrawn", {"key_id": KID, "owner": IDENT, "reason": TEXT})
+_kind("key.compromised", "a key known or suspected exposed (e.g. broken tamper seal)",
+      {"key_id": KID, "owner": IDENT, "reason": TEXT})
+_kind("certificate.issued", "a certificate signed (CWT or X.509)",
+      {"cert_digest": DIGEST, "subject_id": IDENT, "issuer": IDENT, "key_id": KID,
+       "not_before": COUNT, "expires": COUNT},
+      {"role": _enum("ca", "gateway", "device")})
+_kind("certificate.activated", "a certificate put into use",
+      {"cert_digest": DIGEST, "subject_id": IDENT})
+_kind("certificate.renewal", "a certificate replaced by a new one",
+      {"cert_digest": DIGEST, "new_cert_digest": DIGEST, "subject_id": IDENT})
+_kind("certificate.retired", "a certificate taken out of use",
+      {"cert_digest": DIGEST, "subject_id": IDENT}, {"reason": TEXT})
+_kind("certificate.revoked", "a certificate withdrawn",
+      {"cert_digest": DIGEST, "subject_id": IDENT, "reason": TEXT})
+_kind("certificate.compromised", "a certificate whose key is known or suspected exposed",
+      {"cert_digest": DIGEST, "subject_id": IDENT, "reason": TEXT})
+_kind("certificate.expired", "a certificate reached its expiry",
+      {"cert_digest": DIGEST, "subject_id": IDENT})
+
+# Alarm closed loop (edge_agent.alarms.lifecycle step kinds). Never the measured value.
+_ALARM_REQUIRED = {"alarm_id": IDENT, "grade": GRADE}
+_ALARM_OPTIONAL = {"patient": PSEUDONYM, "device": IDENT, "condition": IDENT,
+                   "level": COUNT, "reason": TEXT}
+for _step in ("raised", "notified", "acknowledged", "regraded", "recurred", "resolved",
+              "closed"):
+    _kind(f"alarm.{_step}", f"alarm step: {_step}", _ALARM_REQUIRED, _ALARM_OPTIONAL)
+_kind("alarm.escalated", "alarm step: escalated (unacknowledged red alarm)",
+      {**_ALARM_REQUIRED, "level": COUNT}, {k: v for k, v in _ALARM_OPTIONAL.items()
+                                            if k != "level"})
+
+# Configuration and limits: what changed and a digest of the new state, never the values
+# (a configuration value may be a password; a limit is clinical data about a patient).
+_kind("config.changed", "gateway configuration changed",
+      {"source": IDENT, "digest": DIGEST, "settings": NAMES})
+_kind("limits.changed", "a patient's alarm limits changed",
+      {"patient": PSEUDONYM, "digest": DIGEST, "quantities": NAMES},
+      {"version": COUNT, "reason": TEXT})
+
+# Maintenance and the agent itself.
+_SEVERITY = _enum("info", "warning", "error", "critical")
+_kind("maintenance.fault", "a technical fault detected",
+      {"component": IDENT, "fault": IDENT}, {"severity": _SEVERITY, "detail": TEXT})
+_kind("maintenance.cleared", "a technical fault no longer present",
+      {"component": IDENT, "fault": IDENT}, {"detail": TEXT})
+_kind("agent.started", "the edge agent started", {"version": IDENT})
+_kind("agent.stopped", "the edge agent stopped", {"reason": TEXT})
+_kind("storage.deleted", "rows deleted from the reading journal (retention or disk budget)",
+      {"action": IDENT, "rows": COUNT, "bytes": COUNT})
+
+
+# ---------------------------------------------------------------- the rule
+
+
+def _refusal(name: str, declared: FieldType | None) -> str | None:
+    """Why a detail field of this name may never be journaled, or None."""
+    if not _FIELD_NAME.match(name):
+        return "field names are lower-case letters, digits and _ (at most 40)"
+    if _SECRET_NAME.search(name) and not (declared and declared.secret_name_ok):
+        return "named like secret material (key/secret/seed/private/token...): never journaled"
+    if _PATIENT_NAME.search(name) or name in vitals.QUANTITIES:
+        return "may carry a patient value or identity: never journaled"
+    return None
+
+
+def _check_schema() -> None:
+    """The rule holds for every declared field (a careless addition fails at import)."""
+    for kind in KINDS.values():
+        for name, ftype in {**kind.required, **kind.optional}.items():
+            reason = _refusal(name, ftype)
+            if reason:
+                raise AssertionError(f"{kind.name}.{name}: {reason}")
+
+
+_check_schema()
+
+
+def _check_blob(name: str, value: object) -> None:
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if isinstance(item, str) and looks_like_blob(item):
+            raise ValidationError(name, "looks like a 32+ byte blob (key material?): only "
+                                        "declared public keys and digests may hold one")
+
+
+def validate_actor(actor: object) -> str:
+    """Who caused the event: "agent", "centre", "clinician:c-1234", "technician:t-7"."""
+    if not isinstance(actor, str) or not _ACTOR.match(actor):
+        raise ValidationError("actor", "must be a role, optionally ':' and a pseudonymous id "
+                                       "(e.g. 'agent', 'clinician:c-1234')")
+    _check_blob("actor", actor)
+    return actor
+
+
+def validate_subject(subject: object) -> str:
+    """What the event is about: "device:ox-1", "alarm:ab12", "key:0011223344556677"."""
+    if not isinstance(subject, str) or not _SUBJECT.match(subject):
+        raise ValidationError("subject", "must be 1-200 printable characters without spaces")
+    _check_blob("subject", subject)
+    return subject
+
+
+def validate_details(kind_name: object, details: object) -> dict[str, Any]:
+    """A clean copy of `details` for `kind_name`, or ValidationError naming the field."""
+    if not isinstance(kind_name, str) or kind_name not in KINDS:
+        raise ValidationError("kind", f"unknown event kind {kind_name!r}")
+    kind = KINDS[kind_name]
+    if not isinstance(details, Mapping):
+        raise ValidationError("details", "must be a mapping of field name to value")
+    clean: dict[str, Any] = {}
+    for name, value in details.items():
+        if not isinstance(name, str):
+            raise ValidationError("details", f"field name {name!r} is not text")
+        declared = kind.field_type(name)
+        reason = _refusal(name, declared)
+        if reason:
+            raise ValidationError(name, reason)
+        if isinstance(value, bytes | bytearray | memoryview):
+            raise ValidationError(name, "byte strings are not journaled (public keys and "
+                                        "digests travel as lower-case hex)")
+        if declared is None:
+            raise ValidationError(name, f"not a field of {kind_name} (fields: "
+                                        + ", ".join([*kind.required, *kind.optional]) + ")")
+        try:
+            value = declared.check(value)
+        except ValueError as err:
+            raise ValidationError(name, str(err)) from None
+        if not declared.public_blob:
+            _check_blob(name, value)
+        clean[name] = value
+    missing = [name for name in kind.required if name not in clean]
+    if missing:
+        raise ValidationError(missing[0], f"required by {kind_name}")
+    return clean
+
+
+def validate(kind: object, actor: object, subject: object, details: object
+             ) -> tuple[str, str, str, dict[str, Any]]:
+    """(kind, actor, subject, details) checked together; details is a clean copy."""
+    clean = validate_details(kind, details)
+    return kind, validate_actor(actor), validate_subject(subject), clean  # type: ignore[return-value]
