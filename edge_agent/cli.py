@@ -14,6 +14,7 @@ import sys
 COMMAND_MODULES = (
     "edge_agent.commands.inspect",
     "edge_agent.commands.journal",
+    "edge_agent.commands.export",
     "simulator.commands",
 )
 
