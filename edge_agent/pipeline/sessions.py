@@ -1,0 +1,279 @@
+"""Per-device session state at the gateway: the session table keyed by kid.
+
+A session is born from a hello (protocol.session.gateway_accept with the device's X25519
+key taken from its verified certificate) and lives in memory and in the state store until
+it ends: withdrawn (compromise), evicted (too many sessions for one device), or expired
+(its lifetime plus the grace in which the device may still re-send batches sealed under
+it). An ended session keeps a tombstone with the reason; its keys are wiped.
+
+Each session carries a replay tracker (protocol.replay.SequenceTracker) that records only
+seqs whose batch is durable in the journal, plus the acknowledgement marks:
+
+    first_seq       the first seq the device sealed in this session, learnt from its first
+                    signed checkpoint (prev = chain start); until then no cumulative ack
+    durable_upto    every seq first_seq..durable_upto is durable (the ack's "upto")
+    checkpoint_*    last durable checkpoint that links to the chain start (the ack's 4)
+
+Seqs verified but not yet durable are `pending` (memory only): a copy arriving meanwhile is
+"in flight", neither journaled twice nor acknowledged early.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from edge_agent.pipeline.directory import GatewayKeys
+from edge_agent.pipeline.state_store import Progress, SessionRow, StateStore
+from protocol import cbor, cwt, replay, session
+from protocol.checks import hexstr
+
+DAY = 86400.0
+
+WITHDRAWN = "withdrawn"
+EVICTED = "evicted"
+EXPIRED = "expired"
+DESTROYED = "destroyed"
+
+PENDING = "in-flight"
+
+
+class SessionRefused(Exception):
+    """A session cannot be opened (for example its id collides with an existing one)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPolicy:
+    """Limits of the session table.
+
+    max_per_device: live sessions per device (the firmware remembers acks for 8);
+    max_unconfirmed: of those, sessions no batch has verified under yet (a hello costs an
+    attacker nothing, so unconfirmed sessions are evicted first and never push out one the
+    device really uses); lifetime_s: after it, batches are flagged "session-expired" and the
+    device should open a new session; retain_s: keys are kept this much longer for outbox
+    re-sends, then wiped; tombstone_s: how long an ended session's reason is remembered.
+    """
+
+    max_per_device: int = 8
+    max_unconfirmed: int = 2
+    lifetime_s: float = DAY
+    retain_s: float = DAY
+    tombstone_s: float = 30 * DAY
+    window: int = 4096
+    max_tags: int = 8192
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_unconfirmed <= self.max_per_device:
+            raise ValueError("need 1 <= max_unconfirmed <= max_per_device")
+        if self.lifetime_s <= 0 or self.retain_s < 0 or self.tombstone_s < 0:
+            raise ValueError("lifetime_s must be > 0, retain_s and tombstone_s >= 0")
+        if self.max_tags < 1:
+            raise ValueError("max_tags must be >= 1")
+        replay.SequenceTracker(self.window)  # validates the window
+
+
+@dataclass(eq=False, slots=True)
+class DeviceSession:
+    """A live session. Keys are left out of the repr (logs must never show them)."""
+
+    kid: bytes
+    device_id: str
+    created_at: float
+    device_mac_key: bytes = field(repr=False)
+    gateway_mac_key: bytes = field(repr=False)
+    certificate: cwt.Certificate = field(repr=False)
+    tracker: replay.SequenceTracker = field(repr=False)
+    confirmed: bool = False
+    first_seq: int | None = None
+    durable_upto: int | None = None
+    checkpoint_upto: int | None = None
+    checkpoint_head: bytes | None = field(default=None, repr=False)
+    pending: set[int] = field(default_factory=set, repr=False)
+    # seq -> MAC tag of verified batches, for local checkpoint checks (memory, bounded)
+    tags: OrderedDict[int, bytes] = field(default_factory=OrderedDict, repr=False)
+    tags_from: int | None = None  # lowest seq whose tag this process saw
+    last_critical_seq: int | None = None  # a checkpoint covering it goes out as critical
+
+    def stale(self, now: float, policy: SessionPolicy) -> bool:
+        return now >= self.created_at + policy.lifetime_s
+
+    def classify(self, seq: int) -> str:
+        """What a seq is now: replay verdicts, or "in-flight" (verified, not yet durable)."""
+        if seq in self.pending:
+            return PENDING
+        return self.tracker.classify(seq)
+
+    def highest(self) -> int | None:
+        """Highest seq verified in this session (durable or pending)."""
+        top = self.tracker.high
+        if self.pending:
+            pending_top = max(self.pending)
+            top = pending_top if top is None else max(top, pending_top)
+        return top
+
+    def remember_tags(self, seqs: Iterable[int], tag: bytes, limit: int) -> None:
+        for seq in seqs:
+            self.tags[seq] = tag
+            self.tags.move_to_end(seq)
+            if self.tags_from is None or seq < self.tags_from:
+                self.tags_from = seq
+        while len(self.tags) > limit:
+            dropped, _ = self.tags.popitem(last=False)
+            self.tags_from = max(self.tags_from or 0, dropped + 1)
+
+    def advance_upto(self) -> None:
+        """Move durable_upto over every consecutive durable seq (needs first_seq)."""
+        if self.first_seq is None:
+            return
+        upto = self.first_seq - 1 if self.durable_upto is None else self.durable_upto
+        high = self.tracker.high
+        while high is not None and upto < high and \
+                self.tracker.classify(upto + 1) == replay.DUPLICATE:
+            upto += 1
+        self.durable_upto = None if upto < self.first_seq else upto
+
+    def progress(self) -> Progress:
+        return Progress(self.kid, cbor.dumps(self.tracker.to_state()), self.confirmed,
+                        self.first_seq, self.durable_upto, self.checkpoint_upto,
+                        self.checkpoint_head)
+
+    def __repr__(self) -> str:
+        return f"<DeviceSession {self.device_id} kid={hexstr(self.kid)}>"
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A session just opened: the accept body to send, and sessions it pushed out."""
+
+    session: DeviceSession
+    accept: dict[int, object]
+    evicted: tuple[bytes, ...]
+
+
+class SessionTable:
+    """Live sessions by kid, tombstones of ended ones, persisted in a StateStore."""
+
+    def __init__(self, store: StateStore, policy: SessionPolicy | None = None) -> None:
+        self.store = store
+        self.policy = policy or SessionPolicy()
+        self._live: dict[bytes, DeviceSession] = {}
+        self._ended: dict[bytes, tuple[str, float]] = {}
+        # Opening order, not created_at: a wall clock may step back between two hellos.
+        self._order = itertools.count()
+        self._opened: dict[bytes, int] = {}
+        self._load()
+
+    def _load(self) -> None:
+        for row in self.store.sessions():
+            if row.ended_reason is not None or row.device_mac_key is None \
+                    or row.gateway_mac_key is None:
+                self._ended[row.kid] = (row.ended_reason or DESTROYED, row.ended_at or 0.0)
+                continue
+            tracker = replay.SequenceTracker.from_state(cbor.loads(row.tracker))
+            self._opened[row.kid] = next(self._order)
+            self._live[row.kid] = DeviceSession(
+                row.kid, row.device_id, row.created_at, row.device_mac_key,
+                row.gateway_mac_key, cwt.parse_cwt(row.certificate), tracker, row.confirmed,
+                row.first_seq, row.durable_upto, row.checkpoint_upto, row.checkpoint_head)
+
+    # -- lookup ---------------------------------------------------------------------------
+
+    def get(self, kid: bytes) -> DeviceSession | None:
+        return self._live.get(kid)
+
+    def ended(self, kid: bytes) -> tuple[str, float] | None:
+        """(reason, when) of an ended session, None if it is live or never existed."""
+        return self._ended.get(kid)
+
+    def of_device(self, device_id: str) -> list[DeviceSession]:
+        """Live sessions of a device, oldest first."""
+        return sorted((s for s in self._live.values() if s.device_id == device_id),
+                      key=lambda s: self._opened[s.kid])
+
+    def current(self, device_id: str) -> DeviceSession | None:
+        """The newest live session: what acknowledgements to the device are sealed under."""
+        sessions = self.of_device(device_id)
+        return sessions[-1] if sessions else None
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    # -- opening --------------------------------------------------------------------------
+
+    def open(self, hello: session.Hello, certificate: cwt.Certificate, keys: GatewayKeys,
+             now: float) -> Opened:
+        """Answer a validated hello from the holder of `certificate` (verified by the
+        caller). Durable before it returns, so the device never holds a session the gateway
+        would forget on restart. Raises SealError (key mismatch, wrong gateway key) or
+        SessionRefused."""
+        established, accept = session.gateway_accept(
+            hello, certificate.agreement_key, keys.x25519_private, keys.x25519_public,
+            now=int(now))
+        kid = established.session_id
+        if kid in self._live or kid in self._ended:
+            raise SessionRefused(f"session id {hexstr(kid)} is already in use")
+        evicted = self._make_room(hello.device_id, now)
+        new = DeviceSession(kid, hello.device_id, now, established.device_mac_key,
+                            established.gateway_mac_key, certificate,
+                            replay.SequenceTracker(self.policy.window))
+        self.store.put_session(SessionRow(
+            kid, new.device_id, now, new.device_mac_key, new.gateway_mac_key, certificate.raw,
+            cbor.dumps(new.tracker.to_state())))
+        self._live[kid] = new
+        self._opened[kid] = next(self._order)
+        return Opened(new, accept, evicted)
+
+    def _make_room(self, device_id: str, now: float) -> tuple[bytes, ...]:
+        sessions = self.of_device(device_id)
+        unconfirmed = [s for s in sessions if not s.confirmed]
+        victims: list[DeviceSession] = []
+        # Room for the new (unconfirmed) session: oldest unconfirmed go first.
+        while len(unconfirmed) - len(victims) >= self.policy.max_unconfirmed:
+            victims.append(unconfirmed[len(victims)])
+        remaining = [s for s in sessions if s not in victims]
+        while len(remaining) >= self.policy.max_per_device:
+            victims.append(remaining.pop(0))
+        kids = tuple(s.kid for s in victims)
+        self.end(kids, f"{EVICTED}: more than {self.policy.max_per_device} sessions "
+                 f"(or {self.policy.max_unconfirmed} unused) for device {device_id}", now)
+        return kids
+
+    # -- ending ---------------------------------------------------------------------------
+
+    def end(self, kids: Iterable[bytes], reason: str, now: float) -> list[bytes]:
+        """End live sessions: keys wiped in memory and in the store, tombstone kept."""
+        ended = [kid for kid in kids if kid in self._live]
+        if not ended:
+            return []
+        self.store.end_sessions(ended, reason, now)
+        for kid in ended:
+            del self._live[kid]
+            del self._opened[kid]
+            self._ended[kid] = (reason, now)
+        return ended
+
+    def withdraw_device(self, device_id: str, reason: str, now: float) -> list[bytes]:
+        """A compromise: every session of the device ends at once."""
+        return self.end([s.kid for s in self.of_device(device_id)],
+                        f"{WITHDRAWN}: {reason}", now)
+
+    def expire(self, now: float) -> list[bytes]:
+        """End sessions past lifetime + retain; forget old tombstones. -> kids ended."""
+        limit = self.policy.lifetime_s + self.policy.retain_s
+        old = [s.kid for s in self._live.values() if now >= s.created_at + limit]
+        ended = self.end(old, f"{EXPIRED}: lifetime and re-send grace are over", now)
+        cutoff = now - self.policy.tombstone_s
+        if any(when < cutoff for _, when in self._ended.values()):
+            self.store.forget_ended(cutoff)
+            self._ended = {k: v for k, v in self._ended.items() if v[1] >= cutoff}
+        return ended
+
+    # -- durability -----------------------------------------------------------------------
+
+    def save(self, sessions: Iterable[DeviceSession]) -> None:
+        """Persist trackers and acknowledgement marks (one transaction)."""
+        live = [s.progress() for s in sessions if self._live.get(s.kid) is s]
+        if live:
+            self.store.save_progress(live)

@@ -1,0 +1,202 @@
+"""The verifier's own durable state: device sessions, their replay trackers, and the
+sequence numbers the gateway hands out to readings it attests.
+
+One small SQLite file (WAL, synchronous=FULL), separate from the reading journal: it holds
+session MAC keys, so it is created with mode 0600 and keys are wiped (secure_delete, WAL
+truncated) as soon as a session ends. A session row outlives its keys as a tombstone, so a
+batch under a withdrawn session is quarantined with the reason rather than "unknown".
+
+Why keys are persisted at all: a device re-sends unacknowledged batches from its outbox
+under the session they were sealed in, also after the gateway restarted. Without the key
+the gateway could only quarantine them; with it, replay protection and delivery both
+survive a restart. docs/verification.md discusses the trade-off.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+MEMORY = ":memory:"
+_SEQ_LIMIT = 1 << 32  # protocol.senml.SEQ_LIMIT
+
+_DDL = """
+CREATE TABLE sessions (
+    kid              BLOB PRIMARY KEY CHECK (length(kid) = 8),
+    device_id        TEXT NOT NULL,
+    created_at       REAL NOT NULL,
+    device_mac_key   BLOB,
+    gateway_mac_key  BLOB,
+    certificate      BLOB NOT NULL,
+    tracker          BLOB NOT NULL,
+    confirmed        INTEGER NOT NULL DEFAULT 0,
+    first_seq        INTEGER,
+    durable_upto     INTEGER,
+    checkpoint_upto  INTEGER,
+    checkpoint_head  BLOB,
+    ended_reason     TEXT,
+    ended_at         REAL,
+    CHECK ((ended_reason IS NULL) = (device_mac_key IS NOT NULL))
+) WITHOUT ROWID;
+CREATE INDEX sessions_device ON sessions (device_id);
+CREATE TABLE attest_seqs (
+    source    TEXT PRIMARY KEY,
+    reserved  INTEGER NOT NULL CHECK (reserved >= 0)
+) WITHOUT ROWID;
+"""
+
+_COLUMNS = ("kid, device_id, created_at, device_mac_key, gateway_mac_key, certificate, "
+            "tracker, confirmed, first_seq, durable_upto, checkpoint_upto, checkpoint_head, "
+            "ended_reason, ended_at")
+
+
+class StateStoreError(Exception):
+    """The state file is unusable (newer schema, exhausted seqs)."""
+
+
+@dataclass(slots=True)
+class SessionRow:
+    """One session as stored. Keys are None once the session ended."""
+
+    kid: bytes
+    device_id: str
+    created_at: float
+    device_mac_key: bytes | None = field(repr=False)
+    gateway_mac_key: bytes | None = field(repr=False)
+    certificate: bytes = field(repr=False)
+    tracker: bytes = field(repr=False)
+    confirmed: bool = False
+    first_seq: int | None = None
+    durable_upto: int | None = None
+    checkpoint_upto: int | None = None
+    checkpoint_head: bytes | None = None
+    ended_reason: str | None = None
+    ended_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What became durable for one session: saved after the journal commit."""
+
+    kid: bytes
+    tracker: bytes
+    confirmed: bool
+    first_seq: int | None
+    durable_upto: int | None
+    checkpoint_upto: int | None
+    checkpoint_head: bytes | None
+
+
+class StateStore:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> StateStore:
+        """Open (creating with mode 0600) the state file; MEMORY for a throw-away store."""
+        target = str(path)
+        if target != MEMORY:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(target, os.O_CREAT | os.O_RDWR, 0o600))
+        conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
+        try:
+            if target != MEMORY:
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA secure_delete = ON")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StateStoreError(f"{target}: schema {version} is newer than this agent "
+                                      f"({SCHEMA_VERSION})")
+            if version == 0:
+                # One script, one transaction: the schema and its version appear together.
+                conn.executescript(f"BEGIN IMMEDIATE; {_DDL} "
+                                   f"PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        with self._conn:  # COMMIT on success, ROLLBACK on an exception
+            yield self._conn
+
+    # -- sessions -----------------------------------------------------------------------
+
+    def put_session(self, row: SessionRow) -> None:
+        """Insert a new session (durable when this returns)."""
+        with self._transaction() as conn:
+            conn.execute(
+                f"INSERT INTO sessions ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (row.kid, row.device_id, row.created_at, row.device_mac_key,
+                 row.gateway_mac_key, row.certificate, row.tracker, int(row.confirmed),
+                 row.first_seq, row.durable_upto, row.checkpoint_upto, row.checkpoint_head,
+                 row.ended_reason, row.ended_at))
+
+    def sessions(self) -> list[SessionRow]:
+        rows = self._conn.execute(f"SELECT {_COLUMNS} FROM sessions ORDER BY created_at, kid")
+        return [SessionRow(kid, device, created, dkey, gkey, cert, tracker, bool(confirmed),
+                           first, upto, cp_upto, cp_head, reason, ended)
+                for (kid, device, created, dkey, gkey, cert, tracker, confirmed, first, upto,
+                     cp_upto, cp_head, reason, ended) in rows]
+
+    def save_progress(self, items: Iterable[Progress]) -> None:
+        """Replay trackers and acknowledgement marks of live sessions, in one transaction."""
+        with self._transaction() as conn:
+            conn.executemany(
+                "UPDATE sessions SET tracker = ?, confirmed = ?, first_seq = ?, "
+                "durable_upto = ?, checkpoint_upto = ?, checkpoint_head = ? "
+                "WHERE kid = ? AND ended_reason IS NULL",
+                [(p.tracker, int(p.confirmed), p.first_seq, p.durable_upto, p.checkpoint_upto,
+                  p.checkpoint_head, p.kid) for p in items])
+
+    def end_sessions(self, kids: Iterable[bytes], reason: str, at: float) -> None:
+        """Wipe the keys of these sessions and keep them as tombstones with the reason."""
+        kids = list(kids)
+        if not kids:
+            return
+        with self._transaction() as conn:
+            conn.executemany(
+                "UPDATE sessions SET device_mac_key = NULL, gateway_mac_key = NULL, "
+                "ended_reason = ?, ended_at = ? WHERE kid = ? AND ended_reason IS NULL",
+                [(reason, at, kid) for kid in kids])
+        self._flush_wal()
+
+    def forget_ended(self, before: float) -> int:
+        """Delete tombstones of sessions that ended before `before`."""
+        with self._transaction() as conn:
+            cur = conn.execute("DELETE FROM sessions WHERE ended_at IS NOT NULL AND ended_at < ?",
+                               (before,))
+        return cur.rowcount
+
+    def _flush_wal(self) -> None:
+        # Old page images holding the wiped keys live on in the WAL until it is truncated.
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    # -- sequence numbers of attested readings -----------------------------------------
+
+    def reserve_seqs(self, source: str, count: int) -> int:
+        """Reserve `count` consecutive seqs for `source` -> the first. Reserved seqs are never
+        handed out again, even if the agent dies before using them (they become a gap)."""
+        if count < 1:
+            raise ValueError("count must be >= 1")
+        with self._transaction() as conn:
+            row = conn.execute("SELECT reserved FROM attest_seqs WHERE source = ?",
+                               (source,)).fetchone()
+            first = 0 if row is None else row[0]
+            if first + count > _SEQ_LIMIT:
+                raise StateStoreError(f"sequence numbers of {source!r} are exhausted")
+            conn.execute("INSERT INTO attest_seqs (source, reserved) VALUES (?, ?) "
+                         "ON CONFLICT (source) DO UPDATE SET reserved = excluded.reserved",
+                         (source, first + count))
+        return first
