@@ -15,10 +15,12 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from edge_agent.alarms.grades import Grade
 from edge_agent.alarms.lifecycle import Alarm, Step
+from edge_agent.sqlite_tx import immediate
 
 SCHEMA_VERSION = 1
 
@@ -120,8 +122,8 @@ class AlarmStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return immediate(self._db)
 
     def append(self, steps: Sequence[Step], alarm_of: Callable[[str], Alarm]) -> None:
         """Write `steps` (in order) in one transaction; new alarms' identities come from
@@ -216,14 +218,3 @@ def _step(row: Iterable) -> Step:
                 json.loads(value) if value is not None else None, detail)
 
 
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")

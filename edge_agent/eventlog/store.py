@@ -38,6 +38,7 @@ from typing import Any
 
 from edge_agent.eventlog import chain, kinds
 from edge_agent.journal.schema import SchemaError, migrate, user_version
+from edge_agent.sqlite_tx import NestedTransactions
 from protocol import cose, crypto
 
 _log = logging.getLogger(__name__)
@@ -334,8 +335,10 @@ class EventLog(EventLogFile):
         self.checkpoint_interval_s = checkpoint_interval_s
         self._clock = clock
         self._on_checkpoint = on_checkpoint
-        self._depth = 0
         self._signed: list[chain.Checkpoint] = []
+        self._transactions = NestedTransactions(
+            conn, before_commit=self._checkpoint_if_due, after_commit=self._publish_signed,
+            after_rollback=self._signed.clear)
         self._closed = False
 
     @classmethod
@@ -397,7 +400,7 @@ class EventLog(EventLogFile):
         with self._lock:
             if self._closed:
                 return
-            if self._depth == 0:
+            if self._transactions.depth == 0:
                 self.checkpoint()
             self._closed = True
             super().close()
@@ -408,24 +411,8 @@ class EventLog(EventLogFile):
     def batch(self) -> Iterator[None]:
         """Group appends into one transaction (one fsync). Nested batches join the outer one;
         an exception rolls the whole batch back."""
-        with self._lock:
-            if self._depth == 0:
-                self._conn.execute("BEGIN IMMEDIATE")
-            self._depth += 1
-            try:
-                yield
-            except BaseException:
-                self._depth -= 1
-                if self._depth == 0:
-                    self._signed.clear()
-                    if self._conn.in_transaction:
-                        self._conn.execute("ROLLBACK")
-                raise
-            self._depth -= 1
-            if self._depth == 0:
-                self._checkpoint_if_due()
-                self._conn.execute("COMMIT")
-                self._publish_signed()
+        with self._lock, self._transactions():
+            yield
 
     def append(self, kind: str, actor: str, subject: str, details: Mapping[str, Any],
                at: float | None = None) -> chain.Entry:

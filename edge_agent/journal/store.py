@@ -22,6 +22,7 @@ from typing import Any
 
 from edge_agent.journal import policy, schema
 from edge_agent.journal.schema import RECEIVED, SENT, STORED
+from edge_agent.sqlite_tx import immediate
 from protocol import topics
 from protocol.errors import ValidationError
 
@@ -281,14 +282,8 @@ class JournalStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(self._conn):
             yield self._conn
-            self._conn.execute("COMMIT")
-        except BaseException:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise
         self.commits += 1
 
     @contextmanager

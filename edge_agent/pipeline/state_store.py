@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from edge_agent.sqlite_tx import immediate
 
 SCHEMA_VERSION = 1
 MEMORY = ":memory:"
@@ -125,11 +127,8 @@ class StateStore:
     def close(self) -> None:
         self._conn.close()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._conn.execute("BEGIN IMMEDIATE")
-        with self._conn:  # COMMIT on success, ROLLBACK on an exception
-            yield self._conn
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return immediate(self._conn)
 
     # -- sessions -----------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edge_agent.lifecycle import states
 from edge_agent.registry import schema
+from edge_agent.sqlite_tx import NestedTransactions
 from protocol import cwt, topics
 from protocol.errors import ProtocolError, ValidationError
 
@@ -260,7 +261,7 @@ class Registry:
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
         self.path = path
-        self._depth = 0
+        self._transactions = NestedTransactions(conn)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Registry:
@@ -298,19 +299,8 @@ class Registry:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """One write transaction; nested uses join the outermost, which commits or rolls back."""
-        if self._depth == 0:
-            self._conn.execute("BEGIN IMMEDIATE")
-        self._depth += 1
-        try:
+        with self._transactions():
             yield
-        except BaseException:
-            self._depth -= 1
-            if self._depth == 0 and self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise
-        self._depth -= 1
-        if self._depth == 0:
-            self._conn.execute("COMMIT")
 
     def _one(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
         return self._conn.execute(sql, args).fetchone()
