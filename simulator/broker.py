@@ -64,6 +64,9 @@ class Broker:
             "max_queued_messages 10000",
             "max_inflight_messages 100",
             "persistence false",
+            # Started as root, mosquitto would switch to the `mosquitto` user and then be
+            # unable to write its log in a private temporary directory.
+            *(["user root"] if os.geteuid() == 0 else []),
             f"log_dest file {self.log_path}",
             "log_type error",
             "log_type warning",
