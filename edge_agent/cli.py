@@ -15,6 +15,11 @@ COMMAND_MODULES = (
     "edge_agent.commands.inspect",
     "edge_agent.commands.journal",
     "edge_agent.commands.export",
+    "edge_agent.commands.ca",
+    "edge_agent.commands.gateway",
+    "edge_agent.commands.device",
+    "edge_agent.commands.commission",
+    "edge_agent.commands.fault",
     "simulator.commands",
 )
 
