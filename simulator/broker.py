@@ -37,6 +37,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _sets_user(config: str) -> bool:
+    return any(line.split()[:1] == ["user"] for line in config.splitlines())
+
+
 class Broker:
     """A mosquitto process. `extra_config` lines are appended (TLS listeners, ACLs...)."""
 
@@ -66,7 +70,8 @@ class Broker:
             "persistence false",
             # Started as root, mosquitto would switch to the `mosquitto` user and then be
             # unable to write its log in a private temporary directory.
-            *(["user root"] if os.geteuid() == 0 else []),
+            *(["user root"] if os.geteuid() == 0 and not _sets_user(self.extra_config)
+              else []),
             f"log_dest file {self.log_path}",
             "log_type error",
             "log_type warning",
