@@ -23,7 +23,10 @@ import sys
 
 from protocol.errors import DecodeError
 
-__all__ = ["Tag", "dumps", "loads", "pure_dumps", "pure_loads", "DecodeError", "BACKEND"]
+__all__ = [
+    "Tag", "dumps", "loads", "pure_dumps", "pure_loads", "encode_into", "encode_head_into",
+    "float_bytes", "DecodeError", "BACKEND",
+]
 
 UINT64_MAX = 0xFFFFFFFFFFFFFFFF
 # Nesting of arrays, maps and tags that `dumps` will follow; deeper (or cyclic) values
@@ -31,6 +34,14 @@ UINT64_MAX = 0xFFFFFFFFFFFFFFFF
 MAX_ENCODE_DEPTH = 64
 
 _NAN_BYTES = b"\xf9\x7e\x00"
+
+# MicroPython looks a builtin up in the module's globals first, and a miss walks the
+# (often nearly full) hash table: a module-level alias is a cached hit instead, measured
+# 5-10x cheaper per lookup on the unix port (docs/cbor.md, "Speed").
+_isinstance = isinstance
+_len = len
+_str = str
+_type = type
 # MicroPython's str(b, "utf-8") accepts overlongs, surrogates and code points > U+10FFFF.
 _LOOSE_UTF8 = sys.implementation.name != "cpython"
 
@@ -41,13 +52,13 @@ class Tag:
     __slots__ = ("tag", "value")
 
     def __init__(self, tag, value):
-        if isinstance(tag, bool) or not isinstance(tag, int) or tag < 0 or tag > UINT64_MAX:
+        if _isinstance(tag, bool) or not _isinstance(tag, int) or tag < 0 or tag > UINT64_MAX:
             raise ValueError("CBOR tag number must be an int in [0, 2**64-1], got %r" % (tag,))
         self.tag = tag
         self.value = value
 
     def __eq__(self, other):
-        return isinstance(other, Tag) and self.tag == other.tag and self.value == other.value
+        return _isinstance(other, Tag) and self.tag == other.tag and self.value == other.value
 
     def __ne__(self, other):
         return not self.__eq__(other)
@@ -102,10 +113,16 @@ def _half_to_float(h):
     return -value if h & 0x8000 else value
 
 
-def _float_bytes(x):
-    """The shortest of half/single/double that holds `x` exactly (NaN is always f97e00)."""
+def float_bytes(x):
+    """The deterministic encoding of float `x`: the shortest of half/single/double that
+    holds it exactly (NaN is always f97e00)."""
     if x != x:
         return _NAN_BYTES
+    double = struct.pack(">d", x)
+    # Low 29 mantissa bits set: no binary32 holds x, so neither does a half. This is the
+    # common case for measured values (72.3...) and costs one pack instead of four.
+    if double[7] or double[6] or double[5] or double[4] & 0x1F:
+        return b"\xfb" + double
     try:
         single = struct.pack(">f", x)
     except OverflowError:  # CPython refuses; MicroPython yields inf, caught by the compare
@@ -115,29 +132,34 @@ def _float_bytes(x):
         if half >= 0:
             return bytes((0xF9, half >> 8, half & 0xFF))
         return b"\xfa" + single
-    return b"\xfb" + struct.pack(">d", x)
+    return b"\xfb" + double
 
 
 # ---------------------------------------------------------------- encoder
 
 
-def _put_head(out, major_bits, n):
-    if n < 24:
-        out.append(major_bits | n)
-    elif n < 0x100:
+def encode_head_into(out, major_bits, argument):
+    """Append the shortest head for uint `argument` to the bytearray `out`; `major_bits` is
+    the major type << 5 (0x00 uint, 0x40 bytes, 0x60 text, 0x80 array, 0xA0 map, 0xC0 tag)."""
+    if argument < 24:
+        out.append(major_bits | argument)
+    elif argument < 0x100:
         out.append(major_bits | 24)
-        out.append(n)
-    elif n < 0x10000:
-        out += struct.pack(">BH", major_bits | 25, n)
-    elif n < 0x100000000:
-        out += struct.pack(">BI", major_bits | 26, n)
+        out.append(argument)
+    elif argument < 0x10000:
+        out += struct.pack(">BH", major_bits | 25, argument)
+    elif argument < 0x100000000:
+        out += struct.pack(">BI", major_bits | 26, argument)
     else:
-        out += struct.pack(">BQ", major_bits | 27, n)
+        out += struct.pack(">BQ", major_bits | 27, argument)
+
+
+_put_head = encode_head_into
 
 
 def _key_order(pair):
     key = pair[0]
-    return (len(key), key)
+    return (_len(key), key)
 
 
 def _put_int(out, n):
@@ -152,74 +174,132 @@ def _put_int(out, n):
         _put_head(out, 0x20, n)
 
 
-def _check_depth(depth):
-    if depth >= MAX_ENCODE_DEPTH:
-        raise ValueError("value nests deeper than %d levels (or is cyclic)" % MAX_ENCODE_DEPTH)
-
-
 def _encode_into(obj, out, depth):
-    # Exact-type tests first: they are the common case and cheaper than isinstance.
-    kind = type(obj)
-    if kind is int:
-        _put_int(out, obj)
-    elif kind is str:
-        raw = obj.encode("utf-8")
-        _put_head(out, 0x60, len(raw))
-        out += raw
-    elif kind is float:
-        out += _float_bytes(obj)
-    elif kind is dict:
-        _check_depth(depth)
-        _encode_map(obj, out, depth + 1)
-    elif kind is list or kind is tuple:
-        _check_depth(depth)
-        _put_head(out, 0x80, len(obj))
-        for item in obj:
-            _encode_into(item, out, depth + 1)
-    elif obj is None:
-        out.append(0xF6)
-    elif obj is False:
-        out.append(0xF4)
-    elif obj is True:
-        out.append(0xF5)
-    else:
-        _encode_other(obj, out, depth)
+    """Append the encoding of `obj`, which sits inside `depth` containers, to `out`.
+
+    Iterative over containers, so one call (not one per item) pays MicroPython's call and
+    name-lookup overhead; items, and errors, come in the order of the recursive definition.
+    """
+    # Open containers, innermost last: [items, next index, extra], where extra is
+    #   None: an array or tag; items are its values;
+    #   a dict: a map with only keys -24..23; items are their one-byte encodings, sorted;
+    #   bytes: any other map; items are (key bytes, value) in canonical order, extra the
+    #   previous key's bytes.
+    stack = []
+    while True:
+        # Exact-type tests first, most frequent first: cheaper than isinstance, and the
+        # short heads are written inline.
+        kind = _type(obj)
+        if kind is int:
+            if 0 <= obj < 24:
+                out.append(obj)
+            else:
+                _put_int(out, obj)
+        elif kind is str or kind is bytes:
+            if kind is str:
+                raw = obj.encode("utf-8")
+                major_bits = 0x60
+            else:
+                raw = obj
+                major_bits = 0x40
+            if _len(raw) < 24:
+                out.append(major_bits | _len(raw))
+            else:
+                _put_head(out, major_bits, _len(raw))
+            out += raw
+        elif kind is float:
+            out += float_bytes(obj)
+        elif obj is None:
+            out.append(0xF6)
+        elif obj is False:
+            out.append(0xF4)
+        elif obj is True:
+            out.append(0xF5)
+        else:
+            if kind is not list and kind is not tuple and kind is not dict and kind is not Tag:
+                kind = _encode_other(obj, out)
+            if kind is not None:
+                if depth >= MAX_ENCODE_DEPTH:
+                    raise ValueError(
+                        "value nests deeper than %d levels (or is cyclic)" % MAX_ENCODE_DEPTH
+                    )
+                if kind is dict:
+                    items = _small_key_codes(obj) if _type(obj) is dict else None
+                    if items is not None:
+                        previous = obj
+                    else:
+                        items = _map_pairs(obj, depth + 1)
+                        previous = b""  # no key encodes to nothing
+                    _put_head(out, 0xA0, _len(items))
+                elif kind is Tag:
+                    if obj.tag == 2 or obj.tag == 3:
+                        raise ValueError("tags 2/3 (bignums) are outside the supported model")
+                    _put_head(out, 0xC0, obj.tag)
+                    items = (obj.value,)
+                    previous = None
+                else:
+                    _put_head(out, 0x80, _len(obj))
+                    items = obj if _type(obj) is kind else list(obj)
+                    previous = None
+                if items:
+                    stack.append([items, 0, previous])
+                    depth += 1
+        # Move to the next item of the innermost unfinished container.
+        while stack:
+            frame = stack[-1]
+            items = frame[0]
+            index = frame[1]
+            if index < _len(items):
+                frame[1] = index + 1
+                obj = items[index]
+                extra = frame[2]
+                if extra is None:
+                    break
+                if _type(extra) is dict:
+                    out.append(obj)
+                    obj = extra[obj if obj < 24 else 31 - obj]
+                    break
+                key_bytes, obj = obj
+                if key_bytes == extra:
+                    # Distinct Python keys with one encoding, e.g. two NaN objects.
+                    raise ValueError("two map keys encode to the same CBOR bytes")
+                frame[2] = key_bytes
+                out += key_bytes
+                break
+            stack.pop()
+            depth -= 1
+        else:
+            return
 
 
-def _encode_other(obj, out, depth):
-    """Byte strings, tags, and subclasses of the model's types."""
-    if isinstance(obj, (bytes, bytearray, memoryview)):
+def _encode_other(obj, out):
+    """Write a bytes-like value or a subclass of a model scalar and return None; for a
+    subclass of a container type return the type to encode it as (dict, list or Tag)."""
+    if _isinstance(obj, (bytes, bytearray, memoryview)):
         raw = bytes(obj)
-        _put_head(out, 0x40, len(raw))
+        _put_head(out, 0x40, _len(raw))
         out += raw
-    elif isinstance(obj, Tag):
-        _check_depth(depth)
-        if obj.tag == 2 or obj.tag == 3:
-            raise ValueError("tags 2/3 (bignums) are outside the supported model")
-        _put_head(out, 0xC0, obj.tag)
-        _encode_into(obj.value, out, depth + 1)
-    elif isinstance(obj, bool):  # before int: bool is an int subclass on CPython
+    elif _isinstance(obj, Tag):
+        return Tag
+    elif _isinstance(obj, bool):  # before int: bool is an int subclass on CPython
         out.append(0xF5 if obj else 0xF4)
-    elif isinstance(obj, int):
+    elif _isinstance(obj, int):
         _put_int(out, obj)
-    elif isinstance(obj, str):
+    elif _isinstance(obj, str):
         raw = obj.encode("utf-8")
-        _put_head(out, 0x60, len(raw))
+        _put_head(out, 0x60, _len(raw))
         out += raw
-    elif isinstance(obj, float):
-        out += _float_bytes(obj)
-    elif isinstance(obj, dict):
-        _check_depth(depth)
-        _encode_map(obj, out, depth + 1)
-    elif isinstance(obj, (list, tuple)):
-        _check_depth(depth)
-        _put_head(out, 0x80, len(obj))
-        for item in obj:
-            _encode_into(item, out, depth + 1)
+    elif _isinstance(obj, float):
+        out += float_bytes(obj)
+    elif _isinstance(obj, dict):
+        return dict
+    elif _isinstance(obj, (list, tuple)):
+        return list
     else:
         raise ValueError(
-            "cannot encode %s as CBOR: outside the supported model" % type(obj).__name__
+            "cannot encode %s as CBOR: outside the supported model" % _type(obj).__name__
         )
+    return None
 
 
 # Encodings of the one-byte int keys -24..23 (all SenML, COSE and CWT labels we use).
@@ -227,30 +307,51 @@ _SMALL_INT_KEYS = tuple(bytes((k if k >= 0 else 0x20 | (-1 - k),)) for k in rang
 
 
 def _encode_key(key, depth):
-    kind = type(key)
-    if kind is int and -24 <= key < 24:
-        return _SMALL_INT_KEYS[key + 24]
+    kind = _type(key)
     if kind is str:
         raw = key.encode("utf-8")
-        if len(raw) < 24:
-            return bytes((0x60 | len(raw),)) + raw
+        if _len(raw) < 24:
+            return bytes((0x60 | _len(raw),)) + raw
     out = bytearray()
     _encode_into(key, out, depth)
     return bytes(out)
 
 
-def _encode_map(obj, out, depth):
-    pairs = [(_encode_key(key, depth), value) for key, value in obj.items()]
-    pairs.sort(key=_key_order)
-    _put_head(out, 0xA0, len(pairs))
-    previous = None
-    for key_bytes, value in pairs:
-        if key_bytes == previous:
-            # Distinct Python keys with one encoding, e.g. two NaN objects.
-            raise ValueError("two map keys encode to the same CBOR bytes")
-        previous = key_bytes
-        out += key_bytes
-        _encode_into(value, out, depth)
+def _small_key_codes(obj):
+    """The sorted one-byte encodings of a dict's keys if all are ints in -24..23, else None.
+
+    Such keys (SenML, COSE and CWT labels) need no per-key bytes object or sort key: the
+    initial byte k (k >= 0) or 0x20 | (-1 - k) == 31 - k is an int, and ints sort alone.
+    """
+    codes = []
+    for key in obj:
+        if _type(key) is not int or key < -24 or key >= 24:
+            return None
+        codes.append(key if key >= 0 else 31 - key)
+    codes.sort()
+    return codes
+
+
+def _map_pairs(obj, depth):
+    """(key bytes, value) pairs of a map in canonical order; every key encoded first."""
+    pairs = []
+    one_byte_keys = True
+    for key, value in obj.items():
+        if _type(key) is int and -24 <= key < 24:
+            pairs.append((_SMALL_INT_KEYS[key + 24], value))
+        else:
+            key_bytes = _encode_key(key, depth)
+            one_byte_keys = one_byte_keys and _len(key_bytes) == 1
+            pairs.append((key_bytes, value))
+    if _len(pairs) > 1:
+        # Equal-length keys sort bytewise, which is length-first order without a tuple
+        # per key. Stable: keys with one encoding stay adjacent for the duplicate check.
+        pairs.sort(key=_first if one_byte_keys else _key_order)
+    return pairs
+
+
+def _first(pair):
+    return pair[0]
 
 
 def pure_dumps(obj):
@@ -258,6 +359,12 @@ def pure_dumps(obj):
     out = bytearray()
     _encode_into(obj, out, 0)
     return bytes(out)
+
+
+def encode_into(out, obj):
+    """Append the encoding `dumps(obj)` returns to the bytearray `out` (for encoders that
+    write their own container heads, e.g. protocol.senml's record fast path)."""
+    _encode_into(obj, out, 0)
 
 
 # ---------------------------------------------------------------- decoder
@@ -269,10 +376,10 @@ _TAG = 2
 
 def _decode_text(raw, offset):
     try:
-        text = str(raw, "utf-8")
+        text = _str(raw, "utf-8")
     except UnicodeError:
         raise DecodeError("invalid UTF-8 in text string at offset %d" % offset) from None
-    if _LOOSE_UTF8 and len(text) != len(raw):
+    if _LOOSE_UTF8 and _len(text) != _len(raw):
         _check_strict_utf8(raw, offset)
     return text
 
@@ -282,11 +389,11 @@ def _check_strict_utf8(raw, offset):
 
     Runs only after str() accepted the byte structure; the bounds guard is belt and braces.
     """
-    for i in range(len(raw)):
+    for i in range(_len(raw)):
         b = raw[i]
         if b < 0xC0:
             continue
-        nxt = raw[i + 1] if i + 1 < len(raw) else 0
+        nxt = raw[i + 1] if i + 1 < _len(raw) else 0
         if (
             b < 0xC2
             or b > 0xF4
@@ -340,7 +447,7 @@ def _decode_major7(data, start, ai, strict):
     pos = start + 1
     if ai == 25 or ai == 26 or ai == 27:
         size = 2 if ai == 25 else (4 if ai == 26 else 8)
-        if pos + size > len(data):
+        if pos + size > _len(data):
             raise DecodeError("truncated float at offset %d" % start)
         if ai == 25:
             value = _half_to_float((data[pos] << 8) | data[pos + 1])
@@ -389,7 +496,7 @@ def _read_argument(data, start, ai, strict):
         )
     else:
         raise DecodeError("reserved additional information %d at offset %d" % (ai, start))
-    if pos + size > len(data):
+    if pos + size > _len(data):
         raise DecodeError("truncated argument at offset %d" % start)
     if size == 1:
         arg = data[pos]
@@ -409,7 +516,15 @@ def _read_argument(data, start, ai, strict):
 
 
 def _decode(data, max_depth, max_items, strict):
-    end = len(data)
+    # Names used per item bound once as locals: a local is an array slot on MicroPython,
+    # a global or builtin a (possibly long) hash probe.
+    length = _len
+    decode_text = _decode_text
+    type_of = _type
+    read_argument = _read_argument
+    map_frame = _MAP
+    array_frame = _ARRAY
+    end = length(data)
     pos = 0
     items = 0
     # Open containers, innermost last:
@@ -422,19 +537,35 @@ def _decode(data, max_depth, max_items, strict):
         if pos >= end:
             raise DecodeError("truncated: data item expected at offset %d" % pos)
         initial = data[pos]
-        major = initial >> 5
-        ai = initial & 0x1F
         items += 1
         if items > max_items:
             raise DecodeError("more than max_items=%d data items at offset %d" % (max_items, pos))
-        if major == 7:
-            value, pos = _decode_major7(data, start, ai, strict)
+        # Most items of our formats are one-byte ints and short strings: decode those
+        # without the general head reader.
+        if initial < 0x18:
+            value = initial
+            pos += 1
+        elif 0x60 <= initial < 0x78:
+            pos += 1 + initial - 0x60
+            if pos > end:
+                raise DecodeError(
+                    "string at offset %d declares %d bytes, only %d remain"
+                    % (start, initial - 0x60, end - start - 1)
+                )
+            value = decode_text(data[start + 1 : pos], start)
+        elif initial >= 0xE0:
+            value, pos = _decode_major7(data, start, initial & 0x1F, strict)
         else:
+            major = initial >> 5
+            ai = initial & 0x1F
             if ai < 24:
                 arg = ai
                 pos += 1
+            elif ai == 24 and pos + 1 < end and (not strict or data[pos + 1] >= 24):
+                arg = data[pos + 1]  # one-byte argument, the commonest long form
+                pos += 2
             else:
-                arg, pos = _read_argument(data, start, ai, strict)
+                arg, pos = read_argument(data, start, ai, strict)
             if major == 0:
                 value = arg
             elif major == 1:
@@ -448,9 +579,9 @@ def _decode(data, max_depth, max_items, strict):
                 value = data[pos : pos + arg]
                 pos += arg
                 if major == 3:
-                    value = _decode_text(value, start)
+                    value = decode_text(value, start)
             else:
-                if len(stack) >= max_depth:
+                if length(stack) >= max_depth:
                     raise DecodeError(
                         "nesting deeper than max_depth=%d at offset %d" % (max_depth, start)
                     )
@@ -485,28 +616,35 @@ def _decode(data, max_depth, max_items, strict):
         while stack:
             frame = stack[-1]
             kind = frame[0]
-            if kind == _ARRAY:
-                array = frame[1]
-                array.append(value)
-                if len(array) < frame[2]:
+            if kind == map_frame:
+                if not frame[4]:
+                    kind = type_of(value)
+                    if strict or (kind is not int and kind is not str):
+                        _accept_key(data, frame, value, pos, strict)
+                    elif value in frame[1]:
+                        raise DecodeError("duplicate map key at offset %d" % frame[5])
+                    else:
+                        frame[3] = value
+                        frame[4] = True
                     break
-                stack.pop()
-                value = array
-            elif kind == _TAG:
-                stack.pop()
-                value = Tag(frame[1], value)
-            elif not frame[4]:
-                _accept_key(data, frame, value, pos, strict)
-                break
-            else:
                 mapping = frame[1]
                 mapping[frame[3]] = value
                 frame[4] = False
                 frame[5] = pos
-                if len(mapping) < frame[2]:
+                if length(mapping) < frame[2]:
                     break
                 stack.pop()
                 value = mapping
+            elif kind == array_frame:
+                array = frame[1]
+                array.append(value)
+                if length(array) < frame[2]:
+                    break
+                stack.pop()
+                value = array
+            else:
+                stack.pop()
+                value = Tag(frame[1], value)
         else:
             if pos != end:
                 raise DecodeError("%d trailing bytes at offset %d" % (end - pos, pos))
@@ -518,12 +656,12 @@ def _accept_key(data, frame, key, pos, strict):
     if strict:
         key_bytes = data[key_start:pos]
         previous = frame[6]
-        if previous is not None and (len(previous), previous) >= (len(key_bytes), key_bytes):
+        if previous is not None and (_len(previous), previous) >= (_len(key_bytes), key_bytes):
             raise DecodeError(
                 "map keys duplicate or not in deterministic order at offset %d" % key_start
             )
         frame[6] = key_bytes
-    kind = type(key)
+    kind = _type(key)
     if kind is not int and kind is not str:
         try:
             hash(key)
@@ -558,12 +696,13 @@ def pure_loads(data, max_depth=16, max_items=4096, max_size=65536, require_deter
     non-shortest arguments and floats and keys out of length-first order.
     A non-bytes-like `data` is a programming error: TypeError.
     """
-    if isinstance(data, (bytearray, memoryview)):
-        data = bytes(data)
-    elif not isinstance(data, bytes):
-        raise TypeError("CBOR input must be bytes-like, not %s" % type(data).__name__)
-    if len(data) > max_size:
-        raise DecodeError("input is %d bytes, above max_size=%d" % (len(data), max_size))
+    if _type(data) is not bytes:
+        if _isinstance(data, (bytearray, memoryview)):
+            data = bytes(data)
+        elif not _isinstance(data, bytes):
+            raise TypeError("CBOR input must be bytes-like, not %s" % _type(data).__name__)
+    if _len(data) > max_size:
+        raise DecodeError("input is %d bytes, above max_size=%d" % (_len(data), max_size))
     if not data:
         raise DecodeError("empty input")
     return _decode(data, max_depth, max_items, require_deterministic)

@@ -23,6 +23,12 @@ with `field` naming the record, e.g. "records[3].v". Runs on MicroPython.
 from protocol import cbor, vitals
 from protocol.errors import ValidationError
 
+# Module-level aliases of hot builtins: a cached global hit on MicroPython instead of a
+# walk through the module dict to the builtins (see protocol/cbor.py).
+_isinstance = isinstance
+_len = len
+_type = type
+
 # RFC 8428 Table 4 (CBOR labels). The table is conclusive: no other integer label will
 # ever be registered, which is what makes the profile's integers below collision-free.
 BVER = -1
@@ -92,7 +98,7 @@ class Reading:
 
     def __init__(self, name, quantity, unit, value, time, seq, extras=None):
         self.name = name
-        self.device = name[: len(name) - len(quantity)]
+        self.device = name[: _len(name) - _len(quantity)]
         self.quantity = quantity
         self.unit = unit
         self.value = value
@@ -117,7 +123,7 @@ class Reading:
         }
 
     def __eq__(self, other):
-        return isinstance(other, Reading) and self.as_dict() == other.as_dict()
+        return _isinstance(other, Reading) and self.as_dict() == other.as_dict()
 
     def __ne__(self, other):
         return not self.__eq__(other)
@@ -158,6 +164,7 @@ def _unit_label(unit):
     return U if unit in vitals.SENML_UNITS else UCUM_UNIT
 
 
+
 # ---------------------------------------------------------------- validation
 
 
@@ -169,13 +176,13 @@ def _check_kind(value, kind, field):
     if kind == "num":
         ok = vitals.is_number(value)
     elif kind == "str":
-        ok = type(value) is str
+        ok = _type(value) is str
     elif kind == "int" or kind == "uint":
-        ok = type(value) is int and (kind == "int" or value >= 0)
+        ok = _type(value) is int and (kind == "int" or value >= 0)
     elif kind == "bool":
-        ok = type(value) is bool
+        ok = _type(value) is bool
     else:
-        ok = isinstance(value, (bytes, bytearray))
+        ok = _isinstance(value, (bytes, bytearray))
     if not ok:
         expected = {
             "num": "a number",
@@ -185,7 +192,7 @@ def _check_kind(value, kind, field):
             "bool": "a boolean",
             "bytes": "a byte string",
         }[kind]
-        raise ValidationError(field, "must be %s, not %s" % (expected, type(value).__name__))
+        raise ValidationError(field, "must be %s, not %s" % (expected, _type(value).__name__))
 
 
 def _labelled_fields(record, index, strict=False):
@@ -194,13 +201,13 @@ def _labelled_fields(record, index, strict=False):
     strict (for records we are about to encode) refuses text labels instead of ignoring.
     """
     prefix = _prefix(index)
-    if not isinstance(record, dict):
+    if not _isinstance(record, dict):
         raise ValidationError(prefix[:-1] or "record", "record is not a map")
-    if len(record) > MAX_FIELDS:
+    if _len(record) > MAX_FIELDS:
         raise ValidationError(prefix[:-1] or "record", "more than %d fields" % MAX_FIELDS)
     fields = {}
     for key in record:
-        kind = type(key)
+        kind = _type(key)
         if kind is str:
             label = TEXT_LABELS.get(key)
             if label is None:
@@ -252,7 +259,7 @@ def _reading(record, index):
     except ValidationError as exc:
         raise ValidationError(prefix + "n", exc.reason) from None
     present = [label for label in VALUE_LABELS if label in fields]
-    if len(present) > 1:
+    if _len(present) > 1:
         raise ValidationError(prefix + "v", "more than one value field")
     if not present:
         raise ValidationError(prefix + "v", "missing value")
@@ -303,7 +310,7 @@ def _record_unit(fields, entry, quantity, prefix):
         if unit in vitals.SENML_UNITS:
             raise ValidationError(prefix + "ucum_", "%r is a SenML unit: it travels in u" % unit)
         return unit, "ucum_"
-    if len(entry["units"]) > 1:
+    if _len(entry["units"]) > 1:
         raise ValidationError(
             prefix + "u", "unit required: %s has more than one allowed unit" % quantity
         )
@@ -320,6 +327,119 @@ def validate_record(record, index=None):
     return _reading(record, index)
 
 
+# ---------------------------------------------------------------- plain-record tables
+
+# The fast paths below (`_encode_plain`, `_decode_plain`) handle the records VitalBridge
+# itself writes: integer labels n, v, u/ucum_, t, seq, ut, s (+ bn/bt when decoding),
+# a known quantity as n, absolute times. They never raise: on anything else they return
+# None and the general code runs from the start, so every error is the general code's.
+# Their answers equal the general code's (differential check: docs/senml.md, "Speed").
+
+
+def _plain_quantities():
+    """quantity -> (wire of `n: quantity`, implied unit or None, {unit: unit rule}, quantity).
+
+    A unit rule is (label it travels in, lowest, highest, wire of `label: unit` when the
+    encoder writes it else b"", unit). Derived once from the vocabulary, checked the same
+    way the general path checks names and units.
+    """
+    table = {}
+    for name in vitals.QUANTITIES:
+        if not _valid_name(name) or ":" in name:
+            continue  # resolves differently: leave such a name to the general path
+        entry = vitals.QUANTITIES[name]
+        units = entry["units"]
+        rules = {}
+        for unit in units:
+            low, high = entry["limits"][unit][0], entry["limits"][unit][1]
+            label = _unit_label(unit)
+            wire = cbor.dumps(label) + cbor.dumps(unit) if _len(units) > 1 else b""
+            rules[unit] = (label, low, high, wire, unit)
+        implied = units[0] if _len(units) == 1 else None
+        table[name] = (cbor.dumps(N) + cbor.dumps(name), implied, rules, name)
+    return table
+
+
+def _plain_prefix(base_name):
+    """True if base_name + quantity is a valid name whose quantity part is `quantity`."""
+    return base_name == "" or (
+        base_name[-1] == ":" and base_name[0] in _NAME_START and not base_name.strip(_NAME_CHARS)
+    )
+
+
+# Where `_plain_record` collects each label it accepts.
+_PLAIN_SLOTS = {BN: 0, BT: 1, N: 2, V: 3, U: 4, UCUM_UNIT: 5, T: 6, SEQ: 7, UT: 8, S: 9}
+
+
+def _plain_record(record):
+    """(bn, bt, quantity rule, unit rule, v, t, seq, ut, s) of a plain record, or None.
+
+    Checked here: only integer labels n v u ucum_ t seq ut s bn bt, no null; n a known
+    quantity; the unit rules of `_record_unit`; v a number in the possible range; seq,
+    ut and s as `_reading` wants them. Left to the caller: bn, bt and t.
+    """
+    if _type(record) is not dict:
+        return None
+    fields = [None] * 10
+    for key, item in record.items():
+        slot = _PLAIN_SLOTS.get(key) if _type(key) is int else None
+        if slot is None or item is None:
+            return None
+        fields[slot] = item
+    bn, bt, name, value, unit, ucum, time, seq, update, total = fields
+    if _type(name) is not str:
+        return None
+    rule = _PLAIN.get(name)
+    if rule is None:
+        return None
+    if unit is None and ucum is None:
+        if rule[1] is None:
+            return None
+        unit_rule = rule[2][rule[1]]
+    else:
+        unit_rule = _plain_unit(rule, unit, ucum)
+        if unit_rule is None:
+            return None
+    kind = _type(value)
+    if (kind is not int and kind is not float) or not unit_rule[1] <= value <= unit_rule[2]:
+        return None
+    if _type(seq) is not int or seq < 0 or seq >= SEQ_LIMIT:
+        return None
+    if update is not None:
+        kind = _type(update)
+        if (kind is not int and kind is not float) or not 0 <= update < UPDATE_TIME_LIMIT:
+            return None
+    if total is not None:
+        kind = _type(total)
+        # Within CBOR's int range too: a bigger int is the encoder's ValueError to raise.
+        if not (kind is float and total - total == 0) and not (
+            kind is int and -(1 << 64) <= total < (1 << 64)
+        ):
+            return None
+    return bn, bt, rule, unit_rule, value, time, seq, update, total
+
+
+def _plain_unit(rule, unit, ucum):
+    """The unit rule for explicit unit fields, or None if the general path must judge."""
+    if unit is not None:
+        if ucum is not None or _type(unit) is not str:
+            return None
+        found = rule[2].get(unit)
+        return found if found is not None and found[0] == U else None
+    if _type(ucum) is not str:
+        return None
+    found = rule[2].get(ucum)
+    return found if found is not None and found[0] == UCUM_UNIT else None
+
+
+def _is_time(value):
+    """A number `_reading` accepts as a time (finite, within +-TIME_MAX)."""
+    kind = _type(value)
+    return (kind is int or kind is float) and -TIME_MAX < value < TIME_MAX
+
+
+_PLAIN = _plain_quantities()
+
 # ---------------------------------------------------------------- packs
 
 
@@ -331,7 +451,7 @@ def resolve(pack, now=None):
     time without `now` is a ValidationError. Unknown labels follow the profile (see module
     docstring); ignored text labels are dropped. Returned records keep the pack's order.
     """
-    if not isinstance(pack, list):
+    if not _isinstance(pack, list):
         raise ValidationError("pack", "SenML pack must be an array")
     if not pack:
         raise ValidationError("pack", "SenML pack is empty")
@@ -342,7 +462,7 @@ def resolve(pack, now=None):
     base_value = 0
     base_sum = None
     resolved = []
-    for index in range(len(pack)):
+    for index in range(_len(pack)):
         prefix = _prefix(index)
         fields = _labelled_fields(pack[index], index)
         if BVER in fields:
@@ -402,23 +522,70 @@ def decode_pack(data, max_records=256, now=None):
     vitals vocabulary forbids (see `resolve` and `validate_record`).
     """
     pack = cbor.loads(data, max_depth=4, max_items=1 + max_records * (2 * MAX_FIELDS + 1))
-    if isinstance(pack, list) and len(pack) > max_records:
+    if _isinstance(pack, list) and _len(pack) > max_records:
         raise ValidationError("pack", "more than %d records" % max_records)
+    readings = _decode_plain(pack)
+    if readings is not None:
+        return readings
     records = resolve(pack, now)
-    return [_reading(records[i], i) for i in range(len(records))]
+    return [_reading(records[i], i) for i in range(_len(records))]
+
+
+def _decode_plain(pack):
+    """`resolve` + `_reading` in one pass for a pack of plain records with absolute times
+    (module notes above `_plain_quantities`), or None: then the general path decides."""
+    if _type(pack) is not list or not pack:
+        return None
+    base_name = ""
+    base_time = 0
+    prefix_ok = True
+    readings = []
+    for record in pack:
+        fields = _plain_record(record)
+        if fields is None:
+            return None
+        bn, bt, rule, unit_rule, value, time, seq, update, total = fields
+        if bn is not None:
+            if _type(bn) is not str:
+                return None
+            base_name = bn
+            prefix_ok = _plain_prefix(bn)
+        if not prefix_ok:
+            return None
+        if bt is not None:
+            if not _is_time(bt):
+                return None
+            base_time = bt
+        if time is None:
+            time = base_time
+        elif _is_time(time):
+            time = base_time + time
+        else:
+            return None
+        if not ABSOLUTE_TIME_MIN <= time < TIME_MAX:
+            return None  # relative, or out of range: the general path applies `now` or refuses
+        extras = {}
+        if update is not None:
+            extras["ut"] = update
+        if total is not None:
+            extras["s"] = 0 + total
+        # 0 + value, as resolve adds the (absent) base value: -0.0 resolves to 0.0.
+        readings.append(Reading(base_name + rule[3], rule[3], unit_rule[4], 0 + value, time,
+                                seq, extras))
+    return readings
 
 
 def _compact_number(x):
     # An integral float encodes smaller as an int (1 byte for 0..23 instead of 3).
-    if type(x) is float and -(1 << 53) < x < (1 << 53) and x == int(x):
+    if _type(x) is float and -(1 << 53) < x < (1 << 53) and x == int(x):
         return int(x)
     return x
 
 
-def _offsets_exact(readings, base_time):
+def _offsets_exact(times, base_time):
     # bt + t must give back each time bit for bit; floats far apart can lose low bits.
-    for reading in readings:
-        if base_time + _compact_number(reading.time - base_time) != reading.time:
+    for time in times:
+        if base_time + _compact_number(time - base_time) != time:
             return False
     return True
 
@@ -432,18 +599,21 @@ def encode_pack(records, base_name=None, base_time=None):
     time or none has. A unit the vocabulary implies is left out. Every record is validated
     first; ValidationError names the field ("records[2].v", "bt", ...).
     """
-    if not isinstance(records, (list, tuple)) or not records:
+    if not _isinstance(records, (list, tuple)) or not records:
         raise ValidationError("records", "a pack needs at least one record")
-    if base_name is not None and type(base_name) is not str:
+    if base_name is not None and _type(base_name) is not str:
         raise ValidationError("bn", "base name must be a text string")
     if base_time is not None and not (
         vitals.is_finite(base_time) and -TIME_MAX < base_time < TIME_MAX
     ):
         raise ValidationError("bt", "base time must be a finite number in range")
     prefix_name = base_name or ""
+    plain = _encode_plain(records, prefix_name, base_time)
+    if plain is not None:
+        return plain
     names = []
     readings = []
-    for index in range(len(records)):
+    for index in range(_len(records)):
         fields = _labelled_fields(records[index], index, strict=True)
         full = dict(fields)
         full[N] = prefix_name + fields.get(N, "")
@@ -451,19 +621,19 @@ def encode_pack(records, base_name=None, base_time=None):
         readings.append(_reading(full, index))
     timed = [reading.time is not None for reading in readings]
     if any(timed) or base_time is not None:
-        for index in range(len(readings)):
+        for index in range(_len(readings)):
             if not timed[index]:
                 raise ValidationError(_prefix(index) + "t", "missing time (others carry one)")
         if base_time is None:
             base_time = _compact_number(readings[0].time)
-            if not _offsets_exact(readings, base_time):
+            if not _offsets_exact([reading.time for reading in readings], base_time):
                 base_time = 0  # absolute times in every record: exact, a little bigger
         else:
             base_time = _compact_number(base_time)
-            if not _offsets_exact(readings, base_time):
+            if not _offsets_exact([reading.time for reading in readings], base_time):
                 raise ValidationError("bt", "base time cannot express every record time exactly")
     out = []
-    for index in range(len(readings)):
+    for index in range(_len(readings)):
         reading = readings[index]
         item = {}
         if index == 0:
@@ -479,9 +649,112 @@ def encode_pack(records, base_name=None, base_time=None):
             if offset != 0:
                 item[T] = offset
         item[SEQ] = reading.seq
-        if len(vitals.quantity(reading.quantity)["units"]) > 1:
+        if _len(vitals.quantity(reading.quantity)["units"]) > 1:
             item[_unit_label(reading.unit)] = reading.unit
         for key in reading.extras:
             item[EXTRA_LABELS[key]] = _compact_number(reading.extras[key])
         out.append(item)
     return cbor.dumps(out)
+
+
+def _encode_plain(records, prefix_name, base_time):
+    """`encode_pack` for plain records (notes above `_plain_quantities`) in one pass that
+    writes each record's fields in canonical key order straight into the output; None
+    whenever the general path must decide (it then also finds any error)."""
+    if prefix_name:
+        prefix_wire = _prefix_wire(prefix_name)
+        if prefix_wire is None:
+            return None
+    out = bytearray()
+    cbor.encode_head_into(out, 0x80, _len(records))
+    timed = False
+    first = True
+    for record in records:
+        fields = _plain_record(record)
+        if fields is None:
+            return None
+        bn, bt, rule, unit_rule, value, time, seq, update, total = fields
+        if bn is not None or bt is not None:
+            return None  # base fields in a record to encode: the general path refuses them
+        if first:  # the first record fixes bt, and whether records carry times
+            timed = time is not None or base_time is not None
+            if timed:
+                if time is None:
+                    return None
+                base_time = _compact_number(time if base_time is None else base_time)
+        elif (time is not None) != timed:
+            return None
+        offset = 0
+        if timed:
+            if not _is_time(time):
+                return None
+            offset = time - base_time
+            if _type(offset) is float:
+                offset = _compact_number(offset)
+                if base_time + offset != time:
+                    return None  # bt cannot give the time back exactly: general path
+        unit_wire = unit_rule[3]
+        # Keys in canonical order: n 0, u 1, v 2, s 5, t 6, ut 7, seq 21, ucum_ 22, bn -2,
+        # bt -3. A label in 0..23 is its own one-byte CBOR key, so v/s/t/ut/seq go as is.
+        count = 3 + (unit_wire != b"") + (total is not None) + (offset != 0) + (update is not None)
+        if first:
+            count += (prefix_name != "") + (not not base_time)
+        out.append(0xA0 | count)  # a map of at most 10 pairs: one-byte head
+        out += rule[0]
+        if unit_wire and unit_rule[0] == U:
+            out += unit_wire
+        out.append(V)
+        _put_number(out, value)
+        if total is not None:
+            out.append(S)
+            _put_number(out, total)
+        if offset != 0:
+            out.append(T)
+            _put_number(out, offset)
+        if update is not None:
+            out.append(UT)
+            _put_number(out, update)
+        out.append(SEQ)
+        cbor.encode_head_into(out, 0x00, seq)
+        if unit_wire and unit_rule[0] == UCUM_UNIT:
+            out += unit_wire
+        if first:
+            first = False
+            if prefix_name:
+                out += prefix_wire
+            if base_time:
+                out += _BT_KEY
+                _put_number(out, base_time)
+    return bytes(out)
+
+
+def _put_number(out, x):
+    """Append a checked number as `encode_pack` writes it (integral floats as ints)."""
+    if _type(x) is float:
+        x = _compact_number(x)
+        if _type(x) is float:
+            out += cbor.float_bytes(x)
+            return
+    if 0 <= x < 24:
+        out.append(x)
+    elif x >= 0:
+        cbor.encode_head_into(out, 0x00, x)
+    else:
+        cbor.encode_into(out, x)
+
+
+_BT_KEY = cbor.dumps(BT)
+_last_prefix = ("", b"")
+
+
+def _prefix_wire(prefix_name):
+    """The bytes of `bn: prefix_name` if the base name suits plain records, else None.
+    One-entry cache: a device seals every batch under the same base name."""
+    global _last_prefix
+    if _last_prefix[0] == prefix_name:
+        return _last_prefix[1]
+    if not _plain_prefix(prefix_name):
+        return None
+    wire = cbor.dumps(BN) + cbor.dumps(prefix_name)
+    _last_prefix = (prefix_name, wire)
+    return wire
