@@ -22,7 +22,10 @@ def seal_batch(mac_key, kid, records, base_name, base_time=None, chain=None):
     payload = senml.encode_pack(records, base_name=base_name, base_time=base_time)
     sealed = cose.mac0_create(mac_key, payload, kid=kid, content_type=cose.CT_SENML_CBOR)
     if chain is not None:
-        tag = cose.mac0_parse(sealed).tag
+        # Our own COSE_Mac0 ends with its tag as a 32-byte bstr (0x58 0x20 + tag): read it
+        # there instead of decoding the whole message again (a third of the seal cost on
+        # MicroPython).
+        tag = sealed[-cose.MAC_TAG_SIZE:]
         for seq in seqs:
             chain.extend(seq, tag)
     return sealed

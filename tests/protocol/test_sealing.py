@@ -85,3 +85,11 @@ def test_any_byte_change_is_refused(position: int, value: int) -> None:
 def test_batch_of_ten_is_small() -> None:
     sealed = sealing.seal_batch(KEY, KID, _records(1000), BASE, base_time=1_700_000_000)
     assert len(sealed) / 10 <= 48
+
+
+def test_chained_tag_is_the_mac0_tag() -> None:
+    chain = checkpoint.HashChain(KID)
+    sealed = sealing.seal_batch(KEY, KID, _records(0, 1), BASE, chain=chain)
+    expected = checkpoint.chain_step(checkpoint.chain_start(KID), cose.mac0_parse(sealed).tag)
+    assert chain.head == expected
+    assert sealed[-34:-32] == b"\x58\x20"
