@@ -13,6 +13,7 @@ import sys
 
 COMMAND_MODULES = (
     "edge_agent.commands.inspect",
+    "edge_agent.commands.agent",
     "edge_agent.commands.journal",
     "edge_agent.commands.export",
     "edge_agent.commands.ca",

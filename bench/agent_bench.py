@@ -1,0 +1,510 @@
+#!/usr/bin/env python3
+"""End-to-end throughput and alarm latency of the edge agent, against a bare baseline
+measured in the same run, on the same broker.
+
+    .venv/bin/python bench/agent_bench.py [--batches N] [--backlog READINGS] [--json FILE]
+                                          [--alarm-devices K] [--profile]
+
+Measured (all in one process, like the agent; a real mosquitto on loopback; SQLite files on
+disk with the agent's settings, synchronous=FULL):
+
+  agent      frame in -> verified -> journaled -> published -> PUBACK -> marked sent:
+             N sealed batches of 10 readings (SpO2/pulse, a bound patient, so every reading
+             also runs through the rules) written as COBS frames into a real PTY; the clock
+             runs from the first byte written to the moment the journal holds all N as sent.
+  baseline   the same N batch messages: cbor2 decode + batched SQLite insert (256 rows per
+             transaction, WAL, synchronous=FULL) + paho publish (QoS 1, window 64), until
+             every PUBACK is back.
+  alarms     K more devices on their own PTYs each send one batch whose values are red for
+             four quantities; reading received -> alarm published (and -> PUBACK): half of
+             them under a steady background load (--load-fraction of the measured throughput,
+             from another device), half while the agent drains the backlog below.
+  drain      a backlog of BACKLOG readings (batches of 10) is put into the journal as an
+             outage leaves it (stored, not sent), then the agent starts with the broker up;
+             readings/s until all are marked sent.
+
+No centre is subscribed: PUBACK ("no matching subscribers") is what marks a row sent, so the
+receipt path (limited by the centre) is not in these figures; `uplink.max_unconfirmed` is
+raised accordingly. The figures are printed and, with --json, written as
+readings_per_s, baseline_readings_per_s, ratio_to_baseline, alarm_latency_ms_p50,
+alarm_latency_ms_p99, alarm_latency_ms_p99_draining, drain_readings_per_s and details.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import io
+import json
+import math
+import os
+import pstats
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import cbor2  # noqa: E402
+import paho.mqtt.client as mqtt  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+
+from edge_agent.config import parse_config  # noqa: E402
+from edge_agent.journal import JournalStore, NewMessage  # noqa: E402
+from edge_agent.serial_ingest import PortState  # noqa: E402
+from edge_agent.service import AgentService  # noqa: E402
+from protocol import messages, topics, uplink  # noqa: E402
+from protocol.frames import encode_frame  # noqa: E402
+from simulator.agent_home import FirmwareStandIn, provision_home  # noqa: E402
+from simulator.broker import Broker  # noqa: E402
+from simulator.serial_devices import PtySerialDevice  # noqa: E402
+
+GW = "gw-bench"
+LOAD_DEVICE = "ox-load"
+BACKGROUND_DEVICE = "ox-background"
+PER_BATCH = 10
+CHECKPOINT_EVERY = 1000
+RED = [("spo2", 85), ("pr", 150), ("temp", 34.0), ("rr", 30)]  # four red conditions at once
+
+
+def load_values(index: int, batches: int) -> list[tuple[str, float, float]]:
+    """Batch `index` of the load device: SpO2 and pulse once a second of device time, so the
+    whole load is a stretch of history ending now (a device catching up at full speed) and
+    the rules see realistic per-patient rates rather than thousands of readings a second."""
+    start = int(time.time()) - batches * (PER_BATCH // 2)
+    values: list[tuple[str, float, float]] = []
+    for k in range(PER_BATCH // 2):
+        second = index * (PER_BATCH // 2) + k
+        values += [("spo2", 96 + second // 7 % 3, start + second),
+                   ("pr", 70 + second // 5 % 7, start + second)]
+    return values
+
+
+def stream(device: FirmwareStandIn, batches: int) -> tuple[list[bytes], list[bytes]]:
+    """`batches` sealed batches of the device's history, with a signed checkpoint after every
+    CHECKPOINT_EVERY of them (as the firmware does; a hash chain needs one at least every
+    65536 seqs), ending with one. -> (every message in order, the sealed batches alone)."""
+    out, sealed = [], []
+    for index in range(batches):
+        sealed.append(device.seal(load_values(index, batches))[1])
+        out.append(sealed[-1])
+        if (index + 1) % CHECKPOINT_EVERY == 0 or index == batches - 1:
+            assert device.chain is not None
+            out.append(messages.encode("checkpoint", device.chain.checkpoint(
+                device.keys.seed, device.keys.device_id, int(time.time()), device.kid_sign)))
+    return out, sealed
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+# -- the baseline -------------------------------------------------------------------------------
+
+
+def baseline(batches: list[bytes], port: int, db_path: Path) -> float:
+    """cbor2 decode + batched SQLite insert + paho QoS 1 publish of `batches`; seconds."""
+    db = sqlite3.connect(db_path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE rows (id INTEGER PRIMARY KEY, payload BLOB NOT NULL)")
+    acked = threading.Semaphore(0)
+    window = threading.Semaphore(64)
+
+    def on_publish(_c: Any, _u: Any, _mid: int, _rc: Any, _p: Any) -> None:
+        window.release()
+        acked.release()
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-baseline",
+                         protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(64)
+    client.on_publish = on_publish
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    topic = "bench/baseline/readings"
+    start = time.perf_counter()
+    for offset in range(0, len(batches), 256):
+        group = batches[offset:offset + 256]
+        decoded = [cbor2.loads(m) for m in group]
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO rows (payload) VALUES (?)", [(m,) for m in group])
+        db.execute("COMMIT")
+        for message, _ in zip(group, decoded, strict=True):
+            window.acquire()
+            client.publish(topic, message, qos=1)
+    for _ in batches:
+        acked.acquire()
+    elapsed = time.perf_counter() - start
+    client.loop_stop()
+    client.disconnect()
+    db.close()
+    return elapsed
+
+
+# -- devices ------------------------------------------------------------------------------------
+
+
+class Drain(threading.Thread):
+    """Reads and discards what the agent sends to a device (its acks), so the PTY never
+    fills; counts bytes."""
+
+    def __init__(self, pty: PtySerialDevice) -> None:
+        super().__init__(daemon=True)
+        self.pty = pty
+        self.stop = threading.Event()
+        self.received = 0
+
+    def run(self) -> None:
+        port = self.pty._port()  # the device end; reads time out every 20 ms
+        while not self.stop.is_set():
+            try:
+                self.received += len(port.read(65536))
+            except Exception:  # noqa: BLE001 - closed at the end of the bench
+                return
+
+
+def red_at(alarm_devices: list[FirmwareStandIn], spacing_s: float) -> threading.Thread:
+    """Send one red batch from each alarm device, `spacing_s` apart, on a thread."""
+    def fire() -> None:
+        for device in alarm_devices:
+            device.send(RED)
+            time.sleep(spacing_s)
+    thread = threading.Thread(target=fire, daemon=True)
+    thread.start()
+    return thread
+
+
+# -- the agent ----------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, tmp: Path, broker: Broker) -> None:
+        self.args = args
+        self.tmp = tmp
+        self.broker = broker
+        self.alarm_ids = [f"ox-alarm-{i:03d}" for i in range(args.alarm_devices)]
+        self.home = provision_home(tmp / "data", GW, [
+            (LOAD_DEVICE, "p-0001"), (BACKGROUND_DEVICE, "p-0002")] + [
+            (device, f"p-{i + 100:04d}") for i, device in enumerate(self.alarm_ids)])
+        self.ptys = {device: PtySerialDevice(tmp / f"tty-{device}", write_timeout=120)
+                     for device in [LOAD_DEVICE, BACKGROUND_DEVICE, *self.alarm_ids]}
+        for pty in self.ptys.values():
+            pty.plug()
+        self.latency_publish: list[float] = []
+        self.latency_puback: list[float] = []
+        self._alarm_received: dict[bytes, float] = {}
+
+    def config(self) -> Any:
+        return parse_config({
+            "gateway": {"id": GW, "data_dir": str(self.home.data_dir)},
+            "broker": {"host": "127.0.0.1", "port": self.broker.port},
+            "uplink": {"max_unconfirmed": 1 << 30, "receipt_timeout_s": 3600},
+            "serial": [{"name": device, "device": device, "driver": "vitalbridge",
+                        "path": str(pty.path)} for device, pty in self.ptys.items()],
+            "eventlog": {"transmissions": self.args.transmissions},
+            "logging": {"level": "WARNING"},
+        }, self.tmp / "gateway.toml")
+
+    async def start_agent(self) -> AgentService:
+        service = AgentService(self.config())
+        await service.start()
+        for device in self.ptys:
+            await asyncio.wait_for(service.serial.wait_for_state(device, PortState.OPEN), 10)
+        self._watch_alarms(service)
+        return service
+
+    def _watch_alarms(self, service: AgentService) -> None:
+        """Collect exact alarm latencies (the metric is a histogram): reading received ->
+        alarm handed to the broker, and -> its PUBACK."""
+        observe = service.metrics.observe_alarm_latency
+        journaled = service._alarm_journaled
+        acknowledged = service.acknowledged
+
+        def on_journaled(alarm: Any) -> None:
+            journaled(alarm)
+            if alarm.received_at is not None:
+                self._alarm_received[alarm.digest] = alarm.received_at
+
+        def on_latency(seconds: float, grade: str) -> None:
+            self.latency_publish.append(seconds)
+            observe(seconds, grade)
+
+        def on_ack(sent: Any, code: int, at: float) -> None:
+            received = self._alarm_received.pop(sent.digest, None)
+            if received is not None:
+                self.latency_puback.append(time.time() - received)
+            acknowledged(sent, code, at)
+
+        service.alarms._on_journaled = on_journaled
+        service.metrics.observe_alarm_latency = on_latency  # type: ignore[method-assign]
+        service.acknowledged = on_ack  # type: ignore[method-assign]
+
+    async def handshakes(self) -> dict[str, FirmwareStandIn]:
+        devices = {device: FirmwareStandIn(self.home.devices[device],
+                                           self.home.gateway_x25519_public, pty)
+                   for device, pty in self.ptys.items()}
+        await asyncio.gather(*(asyncio.to_thread(d.handshake, 15) for d in devices.values()))
+        return devices
+
+
+def sent_rows(path: Path) -> int:
+    """Rows marked sent (or received), read on a connection of its own: polling through the
+    agent's journal would queue the scans on its writer thread and slow what is measured."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT count(*) FROM messages WHERE state != 'stored'").fetchone()[0]
+    finally:
+        db.close()
+
+
+async def wait_all_sent(path: Path, total: int, timeout: float) -> float:
+    """Seconds until `total` journal rows are sent (or received)."""
+    start = time.perf_counter()
+    while await asyncio.to_thread(sent_rows, path) < total:
+        if time.perf_counter() - start > timeout:
+            raise TimeoutError(f"only {sent_rows(path)} of {total} rows sent")
+        await asyncio.sleep(0.05)
+    return time.perf_counter() - start
+
+
+def build_backlog(path: Path, device: str, sealed: bytes, batches: int) -> float:
+    """Rows as an outage leaves them: stored, unsent. Seconds taken."""
+    start = time.perf_counter()
+    store = JournalStore.open(path)
+    base_ms = int(time.time() * 1000) - 600_000
+    try:
+        for offset in range(0, batches, 2000):
+            store.append([
+                NewMessage(topics.UP_READINGS, device,
+                           uplink.encode_readings(device, sealed, "sealed", base_ms + i),
+                           count=PER_BATCH, first_seq=i * PER_BATCH,
+                           last_seq=i * PER_BATCH + PER_BATCH - 1, received_at=base_ms / 1000)
+                for i in range(offset, min(batches, offset + 2000))])
+    finally:
+        store.close()
+    return time.perf_counter() - start
+
+
+def unconfirmed(path: Path) -> tuple[int, int]:
+    """(rows, readings) not yet confirmed by a receipt."""
+    with sqlite3.connect(path) as db:
+        rows, readings = db.execute("SELECT count(*), coalesce(sum(count), 0) FROM messages "
+                                    "WHERE state != 'received'").fetchone()
+    return rows, readings
+
+
+class Paced(threading.Thread):
+    """Writes frames into the load device's PTY at `per_s` batches a second (background
+    load below saturation), in 10 ms slices."""
+
+    def __init__(self, pty: PtySerialDevice, frames: list[bytes], per_s: float) -> None:
+        super().__init__(daemon=True)
+        self.pty, self.frames, self.per_s = pty, frames, per_s
+
+    def run(self) -> None:
+        start = time.perf_counter()
+        written = 0
+        while written < len(self.frames):
+            due = min(len(self.frames), int((time.perf_counter() - start) * self.per_s) + 1)
+            if due > written:
+                self.pty.write(b"".join(self.frames[written:due]))
+                written = due
+            time.sleep(0.01)
+
+
+def profiled(profiler: cProfile.Profile | None, top: int = 25) -> str | None:
+    if profiler is None:
+        return None
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue()
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="vitalbridge-agent-bench-") as scratch:
+        tmp = Path(scratch)
+        with Broker(tmp / "broker") as broker:
+            bench = Bench(args, tmp, broker)
+            service = await bench.start_agent()
+            devices = await bench.handshakes()
+            load, background = devices[LOAD_DEVICE], devices[BACKGROUND_DEVICE]
+            alarm_devices = [devices[d] for d in bench.alarm_ids]
+            half = len(alarm_devices) // 2
+            drains = [Drain(pty) for pty in bench.ptys.values()]
+            for drain in drains:
+                drain.start()
+            print(f"sealing {args.batches} batches of {PER_BATCH} readings ...", flush=True)
+            sent, batches = await asyncio.to_thread(stream, load, args.batches)
+            frames = b"".join(encode_frame(m) for m in sent)
+            # The harness holds every sealed batch (and the device's outbox): keep the cyclic
+            # GC from re-scanning them in the middle of a measurement.
+            gc.collect()
+            gc.freeze()
+
+            print("baseline ...", flush=True)
+            baseline_s = await asyncio.to_thread(baseline, batches, broker.port,
+                                                 tmp / "baseline.sqlite3")
+            baseline_rate = args.batches * PER_BATCH / baseline_s
+
+            print("agent, as fast as frames come ...", flush=True)
+            journal_file = bench.home.data_dir / "journal.sqlite3"
+            already = sent_rows(journal_file)
+            profiler = cProfile.Profile() if args.profile else None
+            if profiler:
+                profiler.enable()
+            start = time.perf_counter()
+            writer = threading.Thread(target=load.port.write, args=(frames,), daemon=True)
+            writer.start()
+            await wait_all_sent(journal_file, already + len(sent), timeout=600)
+            agent_s = time.perf_counter() - start
+            if profiler:
+                profiler.disable()
+            agent_rate = args.batches * PER_BATCH / agent_s
+            profile_agent = profiled(profiler)
+
+            per_s = agent_rate / PER_BATCH * args.load_fraction
+            count = max(1, int(per_s * args.loaded_seconds))
+            print(f"alarms under a background load of {per_s * PER_BATCH:,.0f} readings/s "
+                  "...", flush=True)
+            background_stream = (await asyncio.to_thread(stream, background, count))[0]
+            paced = Paced(background.port, [encode_frame(m) for m in background_stream], per_s)
+            paced.start()
+            await asyncio.sleep(min(1.0, args.loaded_seconds / 4))
+            firing = red_at(alarm_devices[:half], args.loaded_seconds / 2 / max(1, half))
+            await asyncio.to_thread(firing.join)
+            await asyncio.to_thread(paced.join)
+            await asyncio.sleep(0.5)
+            loaded_publish = list(bench.latency_publish)
+            loaded_puback = list(bench.latency_puback)
+            reception = service.reception.counters
+            await service.stop("bench: loaded phase done")
+
+            backlog_batches = max(1, args.backlog // PER_BATCH)
+            print(f"backlog of {backlog_batches * PER_BATCH:,} readings ...", flush=True)
+            build_s = await asyncio.to_thread(build_backlog, bench.home.data_dir /
+                                              "journal.sqlite3", LOAD_DEVICE, batches[0],
+                                              backlog_batches)
+            # Rows sent without a receipt go out again after a restart (at least once), so
+            # the drain covers every unconfirmed row: the backlog and the earlier phases'.
+            drain_rows, drain_readings = unconfirmed(bench.home.data_dir / "journal.sqlite3")
+            bench.latency_publish.clear()
+            bench.latency_puback.clear()
+            print(f"drain of {drain_readings:,} readings, alarms meanwhile ...", flush=True)
+            profiler = cProfile.Profile() if args.profile else None
+            start = time.perf_counter()
+            service = await bench.start_agent()
+            if profiler:
+                profiler.enable()
+            firing = red_at(alarm_devices[half:], 0.1)
+            drain_s = await wait_all_sent(journal_file, drain_rows, timeout=3600)
+            if profiler:
+                profiler.disable()
+            await asyncio.to_thread(firing.join)
+            await asyncio.sleep(0.5)
+            drain_publish = list(bench.latency_publish)
+            drain_puback = list(bench.latency_puback)
+            await service.stop("bench: drain phase done")
+            for drain in drains:
+                drain.stop.set()
+            for pty in bench.ptys.values():
+                pty.close()
+
+    def ms(value: float | None) -> float | None:
+        return None if value is None else round(value * 1000, 2)
+
+    figures: dict[str, Any] = {
+        "readings_per_s": round(agent_rate),
+        "baseline_readings_per_s": round(baseline_rate),
+        "ratio_to_baseline": round(agent_rate / baseline_rate, 3),
+        "alarm_latency_ms_p50": ms(percentile(loaded_publish, 0.5)),
+        "alarm_latency_ms_p99": ms(percentile(loaded_publish, 0.99)),
+        "alarm_latency_ms_p99_draining": ms(percentile(drain_publish, 0.99)),
+        "drain_readings_per_s": round(drain_readings / drain_s),
+        "details": {
+            "batches": args.batches, "readings_per_batch": PER_BATCH,
+            "agent_seconds": round(agent_s, 3), "baseline_seconds": round(baseline_s, 3),
+            "background_readings_per_s": round(per_s * PER_BATCH),
+            "alarm_samples_loaded": len(loaded_publish),
+            "alarm_latency_ms_p50_draining": ms(percentile(drain_publish, 0.5)),
+            "alarm_samples_draining": len(drain_publish),
+            "alarm_to_puback_ms_p50": ms(percentile(loaded_puback, 0.5)),
+            "alarm_to_puback_ms_p99": ms(percentile(loaded_puback, 0.99)),
+            "alarm_to_puback_ms_p99_draining": ms(percentile(drain_puback, 0.99)),
+            "backlog_readings": backlog_batches * PER_BATCH,
+            "backlog_build_seconds": round(build_s, 2),
+            "drained_readings": drain_readings,
+            "drain_seconds": round(drain_s, 3),
+            "eventlog_transmissions": args.transmissions,
+            "shed": reception.shed, "cpus": os.cpu_count(),
+        },
+    }
+    if args.profile:
+        figures["details"]["profile_agent"] = profile_agent
+        figures["details"]["profile_drain"] = profiled(profiler)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=int, default=10_000,
+                        help="sealed batches of 10 readings through the agent (and baseline)")
+    parser.add_argument("--backlog", type=int, default=1_000_000,
+                        help="readings in the backlog to drain (default 1M = 100k batches)")
+    parser.add_argument("--alarm-devices", type=int, default=40,
+                        help="devices that each send one red batch (4 alarms each); half "
+                             "fire under background load, half while draining")
+    parser.add_argument("--load-fraction", type=float, default=0.5,
+                        help="background load while alarms fire, as a fraction of the "
+                             "agent's measured throughput")
+    parser.add_argument("--loaded-seconds", type=float, default=6.0,
+                        help="how long the background load runs")
+    parser.add_argument("--transmissions", choices=("all", "refusals"), default="all",
+                        help="event journal entries per transmission (the agent's setting)")
+    parser.add_argument("--profile", action="store_true",
+                        help="cProfile the agent phase; the top functions go to the output")
+    parser.add_argument("--json", help="write the figures to this file")
+    args = parser.parse_args()
+    if args.backlog < 1_000_000:
+        print(f"note: backlog scaled down to {args.backlog} readings (goal: 1,000,000)")
+    figures = asyncio.run(run(args))
+    details = figures["details"]
+    print(f"agent:    {figures['readings_per_s']:>9,} readings/s  (frame in -> verified -> "
+          f"journaled -> published -> PUBACK -> marked)")
+    print(f"baseline: {figures['baseline_readings_per_s']:>9,} readings/s  (cbor2 decode + "
+          "batched SQLite insert + paho publish)")
+    print(f"ratio to baseline: {figures['ratio_to_baseline']}  (goal >= 0.5; and >= 25,000 "
+          "readings/s)")
+    print(f"alarm latency, reading received -> published, under a background load of "
+          f"{details['background_readings_per_s']:,} readings/s: p50 "
+          f"{figures['alarm_latency_ms_p50']} ms, p99 {figures['alarm_latency_ms_p99']} ms "
+          f"({details['alarm_samples_loaded']} alarms)")
+    print(f"alarm latency while draining {details['backlog_readings']:,} readings: p50 "
+          f"{details['alarm_latency_ms_p50_draining']} ms, p99 "
+          f"{figures['alarm_latency_ms_p99_draining']} ms ({details['alarm_samples_draining']}"
+          " alarms; goal p99 <= 20 ms)")
+    print(f"alarm -> PUBACK: p50 {details['alarm_to_puback_ms_p50']} ms, p99 "
+          f"{details['alarm_to_puback_ms_p99']} ms; draining p99 "
+          f"{details['alarm_to_puback_ms_p99_draining']} ms")
+    print(f"drain: {figures['drain_readings_per_s']:,} readings/s "
+          f"({details['drained_readings']:,} readings in {details['drain_seconds']} s)")
+    for phase in ("profile_agent", "profile_drain"):
+        if details.get(phase):
+            print(f"--- {phase} (event loop thread, by own time) ---")
+            print(details[phase])
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,332 @@
+"""Readings, device state and people's actions in; alarm steps out: persisted, journaled at
+alarm priority (so the uplink publishes them ahead of any backlog), mirrored in the
+tamper-evident event journal.
+
+Inputs are synchronous calls on the event loop (they only run the pure rules engine and the
+lifecycle, edge_agent/alarms). The steps they produce are queued, in order, for one writer
+task that for each group:
+
+1. appends them to the AlarmStore (the lifecycle's own memory across restarts; on a worker
+   thread, because it fsyncs) and, at the same time,
+2. journals one `alarm` message per step (protocol.alarm_messages, priority 2) — if the
+   journal refuses, the group is retried until it is taken: an alarm is never dropped;
+3. records `alarm.<step>` entries (id, grade, condition, level: never the value).
+
+The two writes run concurrently so an alarm waits for one fsync, not two. After a crash
+between them: a step in the AlarmStore but not in the journal is journaled again at start-up
+(`journal_open_alarms`; the payload bytes are deterministic, so the journal recognises a
+step it already has by its digest); a step in the journal but not in the store has reached
+(or will reach) the centre, and the restarted lifecycle does not know it — the condition,
+if it still holds, raises a new alarm: a duplicate at worst, never a lost alarm.
+
+Limit commands (down/limits) are verified with the organisation key, checked against the
+replay guard, stored, applied and journaled (`limits.changed`, never the limits
+themselves); refusals are journaled with their reason. Acknowledgements and closures
+(down/alarm-ack) become lifecycle steps like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from edge_agent.agent.durable import LimitCommandStore
+from edge_agent.agent.recorder import EventRecorder
+from edge_agent.agent.signals import WorkSignal
+from edge_agent.alarms.evaluator import Condition, DeviceStatus, Evaluator, GatewayStatus, Reading
+from edge_agent.alarms.grades import Grade
+from edge_agent.alarms.lifecycle import Alarm, AlarmLifecycle, LifecycleError, Step
+from edge_agent.alarms.store import AlarmStore
+from edge_agent.journal import Journal, NewMessage, Priority
+from protocol import alarm_messages, crypto, messages, topics
+from protocol import limits as wire_limits
+from protocol.errors import ProtocolError
+
+log = logging.getLogger("vitalbridge.agent.alarms")
+
+_ACTOR = re.compile(r"[a-z][a-z0-9-]{0,31}(:[A-Za-z0-9][A-Za-z0-9._@-]{0,63})?\Z")
+_PSEUDONYM = re.compile(r"(?=.*[0-9])[A-Za-z0-9][A-Za-z0-9._-]{3,63}\Z")
+_RETRY_S = 0.5
+
+
+def transition_message(step: Step, alarm: Alarm) -> bytes:
+    """The `alarm` message for one lifecycle step (deterministic bytes: the same step always
+    gives the same digest, which is how the journal recognises it again)."""
+    value = step.value
+    if isinstance(value, float) and not math.isfinite(value):
+        value = None
+    if isinstance(value, str):
+        value = value[:alarm_messages.VALUE_TEXT_MAX]
+    detail = step.detail[:alarm_messages.DETAIL_MAX] if step.detail else None
+    return alarm_messages.encode_transition(alarm_messages.AlarmTransition(
+        step.alarm_id, step.seq, step.kind, step.grade.label, alarm.key,
+        int(step.time * 1000), step.level, patient=alarm.patient, device=alarm.device,
+        value=value, actor=step.actor[:alarm_messages.ACTOR_MAX], detail=detail))
+
+
+@dataclass(frozen=True, slots=True)
+class JournaledAlarm:
+    """An alarm step durable in the reading journal; `received_at` is the wall time the
+    reading behind it arrived (None for steps not caused by a reading)."""
+
+    digest: bytes
+    grade: str
+    kind: str
+    received_at: float | None
+
+
+class AlarmPath:
+    """See the module docstring. Inputs from the event loop; `start()` / `stop()`."""
+
+    def __init__(self, *, evaluator: Evaluator, lifecycle: AlarmLifecycle, store: AlarmStore,
+                 store_executor: ThreadPoolExecutor, journal: Journal,
+                 recorder: EventRecorder, limit_store: LimitCommandStore,
+                 organisation_keys: Callable[[], list[bytes]], critical_grade: Grade,
+                 on_journaled: Callable[[JournaledAlarm], None] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.evaluator = evaluator
+        self.lifecycle = lifecycle
+        self.store = store
+        self._executor = store_executor
+        self.journal = journal
+        self.recorder = recorder
+        self.limit_store = limit_store
+        self.guard = wire_limits.ReplayGuard()
+        self._organisation_keys = organisation_keys
+        self._critical = critical_grade
+        self._on_journaled = on_journaled
+        self._clock = clock
+        self._queue: deque[tuple[list[Step], float | None]] = deque()
+        self._signal = WorkSignal()
+        self._task: asyncio.Task[None] | None = None
+        self.steps_journaled = 0
+        self.evaluation_errors = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.evaluator.resume(self.lifecycle.active_conditions())
+        self._task = asyncio.create_task(self._writer(), name="alarm-writer")
+
+    async def drain(self) -> None:
+        await self._signal.idle()
+
+    async def stop(self) -> None:
+        await self.drain()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    # -- inputs (synchronous, on the event loop) ------------------------------------------------
+
+    def is_critical(self, reading: Reading) -> bool:
+        """Priority 1 for a reading graded at least the configured grade by the patient's
+        limits (the verifier's `critical` callback)."""
+        if isinstance(reading.value, bool) or not isinstance(reading.value, int | float):
+            return False
+        limits = self.evaluator.limits.resolve(reading.patient, reading.time).for_quantity(
+            reading.quantity)
+        if limits is None:
+            return False
+        grade = limits.grade(float(reading.value))
+        return grade is not None and grade >= self._critical
+
+    def readings(self, readings: Iterable[Reading], received_at: float) -> None:
+        conditions: list[Condition] = []
+        for reading in readings:
+            try:
+                conditions.extend(self.evaluator.evaluate(reading))
+            except Exception:  # a rules bug must not stop the others from being evaluated
+                self.evaluation_errors += 1
+                log.exception("rules failed on a %s reading of %s", reading.quantity,
+                              reading.device)
+        if conditions:
+            self._apply(conditions, received_at)
+
+    def device_status(self, status: DeviceStatus) -> None:
+        self._apply(self.evaluator.device_status(status), None)
+
+    def gateway_status(self, status: GatewayStatus) -> None:
+        self._apply(self.evaluator.gateway_status(status), None)
+
+    def tick(self, now: float) -> None:
+        """Offline devices (evaluator) and escalation of unacknowledged red alarms."""
+        self._apply(self.evaluator.tick(now), None)
+        self._submit(self.lifecycle.tick(now), None)
+
+    def _apply(self, conditions: Sequence[Condition], received_at: float | None) -> None:
+        if conditions:
+            self._submit(self.lifecycle.apply_all(conditions), received_at)
+
+    def _submit(self, steps: list[Step], received_at: float | None) -> None:
+        if steps:
+            self._queue.append((steps, received_at))
+            self._signal.added()
+
+    # -- downlink ---------------------------------------------------------------------------
+
+    def acknowledgement(self, payload: bytes) -> None:
+        """An `alarm-ack` from the centre: acknowledge or close, as a person's step."""
+        try:
+            ack = alarm_messages.decode_ack(payload)
+        except ProtocolError as exc:
+            log.warning("alarm-ack refused: %s", exc)
+            return
+        when = ack.time_ms / 1000
+        try:
+            if ack.action == alarm_messages.ACK:
+                steps = self.lifecycle.acknowledge(ack.alarm_id, ack.actor, when)
+            else:
+                steps = [self.lifecycle.close(ack.alarm_id, ack.actor, when, ack.detail or "")]
+        except LifecycleError as exc:
+            log.warning("alarm-ack %s for %s refused: %s", ack.action, ack.alarm_id, exc)
+            self.recorder.record("maintenance.fault", "centre", f"alarm:{ack.alarm_id}", {
+                "component": "alarms", "fault": f"{ack.action}-refused", "severity": "warning",
+                "detail": str(exc)[:200]})
+            return
+        self._submit(steps, None)
+
+    def limits_command(self, payload: bytes) -> None:
+        """A signed limit command from `down/limits` (a `limits` envelope around COSE)."""
+        now = self._clock()
+        try:
+            kind, body = messages.decode(payload)
+            if kind != "limits" or not isinstance(body, bytes):
+                raise ProtocolError(f"expected a limits envelope around COSE bytes, got {kind}")
+            command = self._verified(body, int(now))
+            self.guard.check(command)
+        except ProtocolError as exc:
+            self._limits_refused(str(exc))
+            return
+        self.limit_store.add(body, now)
+        self.evaluator.limits.apply_command(command, now)
+        self.guard.record(command)
+        self._limits_changed(command, body, "applied")
+
+    def restore_limits(self) -> int:
+        """Apply the stored commands again, in order (start-up). Returns how many."""
+        applied = 0
+        for body, applied_at in self.limit_store.all():
+            try:
+                command = self._verified(body, None)
+                self.guard.admit(command)
+            except ProtocolError as exc:
+                log.error("stored limit command no longer applies: %s", exc)
+                continue
+            self.evaluator.limits.apply_command(command, applied_at)
+            applied += 1
+        return applied
+
+    def _verified(self, body: bytes, now: int | None) -> wire_limits.LimitsCommand:
+        keys = self._organisation_keys()
+        if not keys:
+            raise ProtocolError("no organisation CA installed to verify limit commands with")
+        problem: ProtocolError | None = None
+        for key in keys:
+            try:
+                return wire_limits.verify_command(body, key, now)
+            except ProtocolError as exc:
+                problem = exc
+        assert problem is not None
+        raise problem
+
+    def _limits_changed(self, command: wire_limits.LimitsCommand, body: bytes,
+                        reason: str) -> None:
+        names = sorted(command.limits) or [
+            name for name, value in (("spo2-scale", command.spo2_scale),
+                                     ("oxygen", command.oxygen)) if value is not None]
+        details: dict[str, object] = {"digest": crypto.sha256(body).hex(),
+                                      "quantities": names, "reason": reason}
+        subject = "limits"
+        if _PSEUDONYM.match(command.patient):
+            details["patient"] = command.patient
+            subject = f"patient:{command.patient}"
+        self.recorder.record("limits.changed", "centre", subject, details)
+        log.info("limit command applied for quantities %s", ", ".join(names))
+
+    def _limits_refused(self, reason: str) -> None:
+        log.warning("limit command refused: %s", reason)
+        self.recorder.record("maintenance.fault", "centre", "limits", {
+            "component": "limits", "fault": "command-refused", "severity": "warning",
+            "detail": reason[:200]})
+
+    # -- start-up ----------------------------------------------------------------------------
+
+    async def journal_open_alarms(self) -> int:
+        """Journal every step of every open alarm again (idempotent by digest): a step that
+        reached the AlarmStore but not the journal before a crash goes out now."""
+        count = 0
+        for alarm in self.lifecycle.open_alarms():
+            steps = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.store.steps, alarm.id)
+            if steps:
+                await self.journal.append_many([self._message(s, alarm) for s in steps])
+                count += len(steps)
+        return count
+
+    # -- the writer ---------------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        while True:
+            await self._signal.work(lambda: bool(self._queue))
+            groups = list(self._queue)
+            self._queue.clear()
+            steps = [s for group, _ in groups for s in group]
+            alarms = {s.alarm_id: self.lifecycle.alarm(s.alarm_id) for s in steps}
+            # Both writes at once: the alarm must not wait for two fsyncs in a row.
+            persisted = asyncio.ensure_future(self._persist(steps, alarms))
+            await self._journal(groups, alarms)
+            await persisted
+
+    async def _persist(self, steps: list[Step], alarms: dict[str, Alarm]) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.store.append, steps, alarms.__getitem__)
+        except Exception as exc:  # the alarm still goes out: the centre must hear of it
+            log.error("alarm store refused %d steps (%s: %s); publishing them anyway",
+                      len(steps), type(exc).__name__, exc)
+
+    def _message(self, step: Step, alarm: Alarm) -> NewMessage:
+        return NewMessage(topics.UP_ALARM, alarm.device, transition_message(step, alarm),
+                          Priority.ALARM, "attested", received_at=step.time)
+
+    async def _journal(self, groups: list[tuple[list[Step], float | None]],
+                       alarms: dict[str, Alarm]) -> None:
+        batch = [(self._message(s, alarms[s.alarm_id]), s, received_at)
+                 for steps, received_at in groups for s in steps]
+        while True:
+            try:
+                await self.journal.append_many([message for message, _, _ in batch])
+                break
+            except Exception as exc:
+                log.error("journal refused %d alarm steps (%s: %s); retrying", len(batch),
+                          type(exc).__name__, exc)
+                await asyncio.sleep(_RETRY_S)
+        self.steps_journaled += len(batch)
+        for message, step, received_at in batch:
+            self._record(step, alarms[step.alarm_id])
+            if self._on_journaled is not None:
+                with contextlib.suppress(Exception):
+                    self._on_journaled(JournaledAlarm(message.digest, step.grade.label,
+                                                      step.kind, received_at))
+
+    def _record(self, step: Step, alarm: Alarm) -> None:
+        details: dict[str, object] = {"alarm_id": step.alarm_id, "grade": step.grade.label,
+                                      "level": step.level}
+        if _PSEUDONYM.match(alarm.patient or ""):
+            details["patient"] = alarm.patient
+        if alarm.device:
+            details["device"] = alarm.device
+        if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}", alarm.key):
+            details["condition"] = alarm.key
+        actor = step.actor if _ACTOR.match(step.actor) else "centre"
+        self.recorder.record(f"alarm.{step.kind}", actor, f"alarm:{step.alarm_id}", details)
