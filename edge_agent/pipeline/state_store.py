@@ -21,6 +21,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_agent.ca.keyfiles import ensure_private_dir
 from edge_agent.sqlite_tx import immediate
 
 SCHEMA_VERSION = 1
@@ -103,7 +104,8 @@ class StateStore:
         """Open (creating with mode 0600) the state file; MEMORY for a throw-away store."""
         target = str(path)
         if target != MEMORY:
-            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            # The file holds session MAC keys: owner-only file in an owner-only directory.
+            ensure_private_dir(Path(target).parent)
             os.close(os.open(target, os.O_CREAT | os.O_RDWR, 0o600))
         conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
         try:
