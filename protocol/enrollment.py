@@ -303,7 +303,7 @@ def parse_request(body):
     if endorsement is not None:
         endorsement = bytes_field("endorsement", endorsement, MAX_SIGNED)
         endorsement_kid = sign1_parse(endorsement, MAX_SIGNED).kid
-    claims = body_map(cbor.loads(msg.payload, MAX_SIGNED), _REQUEST_LABELS,
+    claims = body_map(cbor.loads(msg.payload, max_size=MAX_SIGNED), _REQUEST_LABELS,
                       "request", ENROLL_VERSION)
     return EnrollRequest(claims, raw, endorsement, endorsement_kid)
 
