@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from aio_harness import run_bounded
 from bleak import BleakClient, BleakScanner
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
@@ -180,16 +181,7 @@ async def ward(**hr_options: Any) -> AsyncIterator[Ward]:
 
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    """Run one scenario in a fresh loop; any error logged by a loop callback fails it."""
-    loop_errors: list[dict[str, Any]] = []
-
-    async def bounded() -> None:
-        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: loop_errors.append(ctx))
-        async with asyncio.timeout(TEST_TIMEOUT_S):
-            await scenario()
-
-    asyncio.run(bounded())
-    assert not loop_errors, [str(ctx.get("exception") or ctx["message"]) for ctx in loop_errors]
+    run_bounded(scenario, TEST_TIMEOUT_S)
 
 
 async def _scan(central: VirtualCentral, seconds: float = 0.35, **kwargs: Any) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aio_harness import run_bounded
 from hypothesis import given
 from hypothesis import strategies as st
 from serial.tools.list_ports_common import ListPortInfo
@@ -70,16 +71,7 @@ SUPERVISOR_LOG = "edge_agent.serial_ingest.supervisor"
 
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    """Run one scenario in a fresh loop; an error logged by a loop callback fails it."""
-    loop_errors: list[dict[str, Any]] = []
-
-    async def bounded() -> None:
-        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: loop_errors.append(ctx))
-        async with asyncio.timeout(TEST_TIMEOUT_S):
-            await scenario()
-
-    asyncio.run(bounded())
-    assert not loop_errors, [str(ctx.get("exception") or ctx["message"]) for ctx in loop_errors]
+    run_bounded(scenario, TEST_TIMEOUT_S)
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = WAIT_S) -> None:
