@@ -5,10 +5,15 @@
                             [--confirm CODE | --code-from-label CODE] [--patient P]
                             [--registration NUMBER --registration-valid-until ISO]
                             [--calibration-due ISO] [--lifetime-days N] [--timeout S]
+  vitalbridge device register DEV --transport ble|serial (--address ADDR | --port PATH |
+                            --usb VID:PID[:SERIAL]) --model M --serial S [--firmware F]
+                            [--registration NUMBER --registration-valid-until ISO]
+                            [--calibration-due ISO] [--patient P]
   vitalbridge device list [--at ISO] [--all] [--json]
   vitalbridge device show DEV [--at ISO] [--json]
   vitalbridge device bind DEV --patient P [--since ISO]      device unbind DEV [--until ISO]
-  vitalbridge device retire DEV --reason TEXT                device compromise DEV --reason TEXT
+  vitalbridge device retire DEV --reason TEXT
+  vitalbridge device compromise DEV --reason TEXT [--wait S]
   (each also takes --data-dir, --actor where it writes, --json)
 
 Enrollment (docs/technician-cli.md, protocol.enrollment): the gateway sends a challenge; the
@@ -19,6 +24,12 @@ gateway issue the device's certificate, record it and send it to the device.
 Confirming: type the code at the prompt; without a terminal, the first run stops with exit
 status 3 and prints the code, and `--confirm CODE` (within 10 minutes) finishes it;
 `--code-from-label CODE` compares in one run with a code the technician already has.
+
+`register` records a standard device (a BLE health device or a third-party serial device
+such as a CMS50): it has no keys and cannot seal, so the gateway attests its readings; once
+registered (and bound) they are attributed to the patient and evaluated. `compromise` also
+tells the running agent through its inbox (docs/manual-entry.md), which drops the device's
+sessions at once, informs the centre and raises a technical alarm.
 """
 
 from __future__ import annotations
@@ -97,6 +108,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     enroll.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                         help=f"seconds to wait for the device (default {DEFAULT_TIMEOUT:g})")
 
+    register_action = common.action(actions, "register", "record a standard (non-sealing) "
+                                    "BLE or serial device", run_register, actor=True)
+    register_action.add_argument("device")
+    register_action.add_argument("--transport", required=True, choices=("ble", "serial"))
+    where = register_action.add_mutually_exclusive_group(required=True)
+    where.add_argument("--address", help="BLE address, AA:BB:CC:DD:EE:FF")
+    where.add_argument("--port", help="serial port path, as in gateway.toml")
+    where.add_argument("--usb", metavar="VID:PID[:SERIAL]", help="USB serial device ids")
+    register_action.add_argument("--model", required=True, help="model, as on the label")
+    register_action.add_argument("--serial", required=True, help="serial number, as on the "
+                                 "label")
+    register_action.add_argument("--firmware", default="unknown", help="firmware version")
+    register_action.add_argument("--registration", help="regulatory registration number")
+    register_action.add_argument("--registration-valid-until", help="ISO date")
+    register_action.add_argument("--calibration-due", help="ISO date")
+    register_action.add_argument("--patient", help="bind the device to this pseudonymous "
+                                 "patient id from now")
+
     listing = common.action(actions, "list", "devices with certificate and currency states",
                             run_list, at=True)
     listing.add_argument("--all", action="store_true", help="include retired and compromised")
@@ -120,6 +149,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         end_action = common.action(actions, name, helptext, handler, actor=True)
         end_action.add_argument("device")
         end_action.add_argument("--reason", required=True, help="why (journaled)")
+        if name == "compromise":
+            end_action.add_argument("--wait", type=float, default=5.0, metavar="S",
+                                    help="seconds to wait for the running agent to act "
+                                    "(default 5)")
 
 
 # -- scan -------------------------------------------------------------------------------------
@@ -742,6 +775,8 @@ def certificate_state(registry: Registry, device: Any, at: int) -> tuple[str, in
     """(state, expires) of the device's certificate as it stands at `at`."""
     from edge_agent.commands.gateway import combined_state
 
+    if device.kind != "sealing":
+        return f"none ({device.kind})", None
     if device.status != "active" and device.ended_at is not None and device.ended_at <= at:
         keys = registry.keys("device", device.id, "signing")
         return device.status, keys[-1].expires if keys else None
@@ -766,7 +801,8 @@ def device_row(registry: Registry, device: Any, at: int) -> dict[str, Any]:
         "registration_number": device.registration_number,
         "registration_valid_until": common.iso(device.registration_valid_until),
         "battery": device.battery, "last_seen": common.iso(device.last_seen),
-        "flags": list(flags),
+        "flags": list(flags), "kind": device.kind, "transport": device.transport,
+        "address": device.address,
     }
 
 
@@ -942,11 +978,15 @@ def _end_device(args: argparse.Namespace, step: str) -> int:
         entries = _end_entries(registry, event, step, who)
         purposes = {k.kid: k.purpose for k in registry.keys("device", args.device)}
     common.journal(identity, entries, at=now)
+    forwarded = _forward_compromise(args, directory, who, now, reason) \
+        if step == "compromised" else None
     result = {"device_id": args.device, "state": step, "at": common.iso(now),
               "reason": reason, "severity": event.severity,
               "keys": [{"kid": kid, "purpose": purposes.get(kid)} for kid in event.keys],
               "certificates": list(event.certificates),
               "destroy_by": common.iso(now + states.DESTRUCTION_WINDOW)}
+    if forwarded is not None:
+        result["agent"] = forwarded
     if args.json:
         common.print_json(result)
         return 0
@@ -958,9 +998,13 @@ def _end_device(args: argparse.Namespace, step: str) -> int:
         out.print(f"  key {key['kid']} ({key['purpose']})")
     for serial in event.certificates:
         out.print(f"  certificate {serial}")
-    if step == "compromised":
-        out.print("  readings under these keys are no longer accepted; the event is in the "
-                  "event journal for the monitoring centre (alarm)")
+    if forwarded is not None:
+        out.print("  readings under these keys are no longer accepted; " + {
+            "accepted": f"the running agent acted: {forwarded['reason']}",
+            "refused": f"[bold red]the agent refused the notice[/]: {forwarded['reason']}",
+        }.get(forwarded["state"], "the agent has not acted yet (not running?): it drops the "
+              "sessions, tells the centre and raises the alarm when it processes inbox entry "
+              f"{forwarded['id']}"))
     out.print(f"  every copy is destroyed by {result['destroy_by']}: the gateway's by its "
               "scheduler, the device's on command")
     return 0
@@ -972,3 +1016,85 @@ def run_retire(args: argparse.Namespace) -> int:
 
 def run_compromise(args: argparse.Namespace) -> int:
     return _end_device(args, "compromised")
+
+
+def _forward_compromise(args: argparse.Namespace, directory: Path, who: str, now: int,
+                        reason: str) -> dict[str, Any]:
+    """Tell the running agent (inbox): it drops the device's sessions, informs the centre
+    and raises the alarm. The registry already holds the compromise, so an agent that is
+    not running acts on the entry when it starts."""
+    from edge_agent.inbox import DEVICE_COMPROMISED, client
+
+    if not 0 <= args.wait <= 120:
+        raise CommandError("--wait must be 0..120 seconds")
+    try:
+        return client.submit(directory, DEVICE_COMPROMISED,
+                             {"device": args.device, "reason": reason, "at": now}, who,
+                             wait_s=args.wait)
+    except OSError as exc:
+        raise CommandError(f"{args.device} is compromised in the registry, but the agent's "
+                           f"inbox could not be written ({exc}); restart the agent so it "
+                           "drops the device's sessions", common.FAILED) from None
+
+
+def _link_address(args: argparse.Namespace) -> str:
+    if args.transport == "ble":
+        if args.address is None:
+            raise CommandError("--transport ble needs --address AA:BB:CC:DD:EE:FF")
+        return args.address
+    if args.address is not None:
+        raise CommandError("--transport serial needs --port PATH or --usb VID:PID")
+    if args.port is not None:
+        if not args.port.startswith("/"):
+            raise CommandError("--port: give the absolute path, e.g. /dev/serial/by-id/...")
+        return f"path:{args.port}"
+    from edge_agent.serial_ingest.ports import UsbMatch
+
+    try:
+        usb = UsbMatch.parse(args.usb)
+    except ValueError as exc:
+        raise CommandError(f"--usb: {exc}") from None
+    from edge_agent.registry.links import serial_address
+
+    return serial_address(None, usb) or ""
+
+
+def run_register(args: argparse.Namespace) -> int:
+    directory, who, identity = _writer(args)
+    address = _link_address(args)
+    now = common.now()
+    valid_until = _optional_instant("--registration-valid-until", args.registration_valid_until)
+    if (args.registration is None) != (valid_until is None):
+        raise CommandError("--registration and --registration-valid-until go together")
+    calibration = _optional_instant("--calibration-due", args.calibration_due)
+    with common.open_registry(directory) as registry, common.refusals():
+        with registry.transaction():
+            device = registry.register_standard_device(
+                args.device, identity.gateway_id, transport=args.transport, address=address,
+                model=args.model, serial=args.serial, firmware=args.firmware,
+                registration_number=args.registration, registration_valid_until=valid_until,
+                calibration_due=calibration, actor=who, now=now)
+            if args.patient is not None:
+                bind_patient(registry, device.id, args.patient, now, who)
+    journal_entries = [("config.changed", who, f"device:{device.id}",
+                        {"source": "device-register", "settings": ["device-registry"],
+                         "digest": common.digest_hex(
+                             f"register {device.id} {device.transport} {device.address} "
+                             f"{device.model} {device.serial}".encode())})]
+    if args.patient is not None:
+        journal_entries.append(_binding_entry(who, device.id,
+                                              f"bind {device.id} {args.patient} {now}"))
+    common.journal(identity, journal_entries)
+    result = {"device_id": device.id, "kind": device.kind, "transport": device.transport,
+              "address": device.address, "model": device.model, "serial": device.serial,
+              "patient": args.patient}
+    common.output(args, result, f"[green]registered[/] standard device [bold]{device.id}[/] "
+                  f"({device.model} {device.serial}) at {device.transport} {device.address}"
+                  + (f", bound to {args.patient}" if args.patient else "")
+                  + "; its readings are attested by this gateway. Add it to gateway.toml "
+                  f"with device = \"{device.id}\" if it is not there yet")
+    return 0
+
+
+def _optional_instant(option: str, text: str | None) -> int | None:
+    return None if text is None else common.parse_instant(option, text)

@@ -18,6 +18,8 @@ from edge_agent.registry.store import (
     Step,
     check_pseudonym,
     kid_hex,
+    link_address,
+    manual_source_id,
     tls_key_id,
 )
 
@@ -37,5 +39,7 @@ __all__ = [
     "Step",
     "check_pseudonym",
     "kid_hex",
+    "link_address",
+    "manual_source_id",
     "tls_key_id",
 ]

@@ -224,8 +224,35 @@ _V1 = (
     """,
 )
 
+# What a device is: "sealing" (our firmware: certified keys, sealed readings), "standard" (a
+# BLE health device or third-party serial device: no keys, its readings are attested by the
+# gateway, found by its link address) or "manual" (the source of one patient's manual
+# entries). The kind never changes after enrollment.
+DEVICE_KINDS = ("sealing", "standard", "manual")
+LINK_TRANSPORTS = ("ble", "serial")
+
+_V2 = (
+    f"""ALTER TABLE devices ADD COLUMN kind TEXT NOT NULL DEFAULT 'sealing'
+        CHECK (kind IN {_in(DEVICE_KINDS)})""",
+    f"""ALTER TABLE devices ADD COLUMN transport TEXT
+        CHECK (transport IS NULL OR transport IN {_in(LINK_TRANSPORTS)})""",
+    # ble: "AA:BB:CC:DD:EE:FF"; serial: "path:/dev/..." or "usb:303a:1001[:SERIAL]"
+    "ALTER TABLE devices ADD COLUMN address TEXT",
+    # One active device per link address: the agent maps an address to exactly one id.
+    "CREATE UNIQUE INDEX devices_active_link ON devices (transport, address) "
+    "WHERE status = 'active' AND address IS NOT NULL",
+    """
+    CREATE TRIGGER devices_kind_fixed BEFORE UPDATE OF kind, transport, address ON devices
+    BEGIN
+        SELECT RAISE(ABORT, 'a device keeps its kind and link: retire it and register anew')
+         WHERE NEW.kind IS NOT OLD.kind OR NEW.transport IS NOT OLD.transport
+            OR NEW.address IS NOT OLD.address;
+    END
+    """,
+)
+
 # MIGRATIONS[i] brings a file from user_version i to i + 1. Append only; never edit a shipped one.
-MIGRATIONS: tuple[Sequence[str], ...] = (_V1,)
+MIGRATIONS: tuple[Sequence[str], ...] = (_V1, _V2)
 LATEST_VERSION = len(MIGRATIONS)
 
 

@@ -175,6 +175,9 @@ class Device:
     ended_at: int | None
     ended_by: str | None
     end_reason: str | None
+    kind: str = "sealing"  # schema.DEVICE_KINDS
+    transport: str | None = None  # standard devices: "ble" | "serial"
+    address: str | None = None  # standard devices: link_address() of their link
 
     def currency_flags(self, now: int) -> tuple[str, ...]:
         return states.device_currency_flags(now, self.registration_number,
@@ -239,6 +242,43 @@ def check_pseudonym(patient_id: object) -> str:
     return patient_id
 
 
+_BLE_ADDRESS = re.compile(r"[0-9A-F]{2}(:[0-9A-F]{2}){5}\Z")
+_USB_ADDRESS = re.compile(r"usb:[0-9a-f]{4}:[0-9a-f]{4}(:[\x21-\x7e]{1,64})?\Z")
+MANUAL_PREFIX = "manual-"
+
+
+def link_address(transport: object, address: object) -> str:
+    """The registry spelling of a standard device's link: a BLE address in upper case
+    ("AA:BB:CC:DD:EE:FF"), or a serial port as "path:/dev/..." or "usb:VVVV:PPPP[:SERIAL]"
+    (lower-case hex ids, as lsusb prints them)."""
+    if transport not in ("ble", "serial"):
+        raise RegistryError("transport", "must be 'ble' or 'serial'")
+    if not isinstance(address, str):
+        raise RegistryError("address", "must be text")
+    if transport == "ble":
+        upper = address.upper()
+        if not _BLE_ADDRESS.match(upper):
+            raise RegistryError("address", "a BLE address looks like AA:BB:CC:DD:EE:FF "
+                                "(`vitalbridge device scan` shows it)")
+        return upper
+    if address.startswith("path:/") and _PRINTABLE.match(address) and len(address) <= 250:
+        return address
+    if _USB_ADDRESS.match(address):
+        return address
+    raise RegistryError("address", "a serial link is 'path:/dev/...' or "
+                        "'usb:VVVV:PPPP[:SERIAL]' (hex ids as lsusb prints them)")
+
+
+def manual_source_id(patient_id: str) -> str:
+    """The device id of a patient's manual entries: "manual-<patient>", shortened with a
+    digest when the pseudonym is too long for a topic-level id."""
+    check_pseudonym(patient_id)
+    ident = MANUAL_PREFIX + patient_id
+    if len(ident) > 64:
+        ident = f"{ident[:47]}-{hashlib.sha256(patient_id.encode()).hexdigest()[:16]}"
+    return ident
+
+
 def _x509_time(value: Any) -> int:
     return int(value.timestamp())
 
@@ -250,7 +290,8 @@ _KEY_COLUMNS = "kid, holder_kind, holder_id, purpose, held_at, public_key, ancho
 _CERT_COLUMNS = "id, format, serial, kid, subject, issuer, issued_by, not_before, expires, raw"
 _DEVICE_COLUMNS = ("id, gateway_id, model, serial, firmware, registration_number, "
                    "registration_valid_until, calibration_due, battery, last_seen, status, "
-                   "enrolled_at, enrolled_by, ended_at, ended_by, end_reason")
+                   "enrolled_at, enrolled_by, ended_at, ended_by, end_reason, kind, transport, "
+                   "address")
 _GATEWAY_COLUMNS = "id, status, enrolled_at, enrolled_by, ended_at, ended_by, end_reason"
 _BINDING_COLUMNS = "id, device_id, patient_id, since, until, created_by, ended_by"
 
@@ -506,6 +547,29 @@ class Registry:
                       actor: str, now: int) -> Device:
         """Record a device and the CWT certificate its gateway issued after the technician
         compared the confirmation code."""
+        self._check_new_device(device_id, gateway_id, model, serial, firmware,
+                               registration_number, registration_valid_until, calibration_due,
+                               actor, now)
+        cert, issuer = self._verify_device_certificate(device_id, gateway_id, certificate, now)
+        for claim, given in (("model", model), ("serial", serial)):
+            claimed = getattr(cert, claim)
+            if claimed is not None and claimed != given:
+                raise RegistryError(claim, f"{given!r} differs from the certificate's "
+                                    f"{claimed!r}: check the device label")
+        with self.transaction():
+            self._insert_device(device_id, gateway_id, model, serial, firmware,
+                                registration_number, registration_valid_until, calibration_due,
+                                actor, now, kind="sealing")
+            self._insert_certified_keys("device", device_id, cert, bytes(certificate), issuer,
+                                        actor, now)
+        return self.device(device_id)
+
+    def _check_new_device(self, device_id: str, gateway_id: str, model: str, serial: str,
+                          firmware: str, registration_number: str | None,
+                          registration_valid_until: int | None, calibration_due: int | None,
+                          actor: str, now: int) -> None:
+        """What every kind of device must pass before it is recorded: valid fields, an id
+        never used before, no active twin (model + serial), an active gateway."""
         _ident("device_id", device_id)
         _text("model", model)
         _text("serial", serial)
@@ -530,22 +594,72 @@ class Registry:
             raise ConflictError("serial", f"{model} serial {serial} is already enrolled as "
                                 f"device {twin[0]!r}; retire that one first")
         self._active_holder("gateway", gateway_id)
-        cert, issuer = self._verify_device_certificate(device_id, gateway_id, certificate, now)
-        for claim, given in (("model", model), ("serial", serial)):
-            claimed = getattr(cert, claim)
-            if claimed is not None and claimed != given:
-                raise RegistryError(claim, f"{given!r} differs from the certificate's "
-                                    f"{claimed!r}: check the device label")
+
+    def register_standard_device(self, device_id: str, gateway_id: str, *, transport: str,
+                                 address: str, model: str, serial: str,
+                                 firmware: str = "unknown",
+                                 registration_number: str | None = None,
+                                 registration_valid_until: int | None = None,
+                                 calibration_due: int | None = None,
+                                 actor: str, now: int) -> Device:
+        """Record a standard device (no keys: it cannot seal; the gateway attests its
+        readings) reached over `transport` at `address` (see `link_address`). The key
+        journal is not touched: there is no key to account for."""
+        address = link_address(transport, address)
+        self._check_new_device(device_id, gateway_id, model, serial, firmware,
+                               registration_number, registration_valid_until, calibration_due,
+                               actor, now)
+        other = self.device_at_link(transport, address)
+        if other is not None:
+            raise ConflictError("address", f"{transport} {address} is already registered as "
+                                f"device {other.id!r}; retire that one first")
+        self._insert_device(device_id, gateway_id, model, serial, firmware, registration_number,
+                            registration_valid_until, calibration_due, actor, now,
+                            kind="standard", transport=transport, address=address)
+        return self.device(device_id)
+
+    def device_at_link(self, transport: str, address: str) -> Device | None:
+        """The active device registered at this link address, None if there is none."""
+        address = link_address(transport, address)
+        row = self._one(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE transport = ? AND "
+                        "address = ? AND status = 'active'", (transport, address))
+        return None if row is None else Device(*row)
+
+    def manual_source(self, patient_id: str, gateway_id: str, *, actor: str,
+                      now: int) -> Device:
+        """The device id under which a patient's manual entries are journaled (one per
+        patient, kind "manual", bound to the patient from `monitoring_since`), registered
+        on first use. The centre attributes them to the patient like any device's."""
+        since = self.monitoring_since(patient_id)
+        device_id = manual_source_id(patient_id)
+        with self.transaction():
+            row = self._one("SELECT kind FROM devices WHERE id = ?", (device_id,))
+            if row is None:
+                _actor(actor)
+                _seconds("now", now)
+                self._active_holder("gateway", gateway_id)
+                self._insert_device(device_id, gateway_id, "manual-entry", patient_id, "n/a",
+                                    None, None, None, actor, now, kind="manual")
+                self.bind(device_id, patient_id, since=since, actor=actor)
+            elif row[0] != "manual":
+                raise ConflictError("device_id", f"{device_id!r} is a {row[0]} device, not "
+                                    f"the manual source of {patient_id!r}; retire it")
+        return self.device(device_id)
+
+    def _insert_device(self, device_id: str, gateway_id: str, model: str, serial: str,
+                       firmware: str, registration_number: str | None,
+                       registration_valid_until: int | None, calibration_due: int | None,
+                       actor: str, now: int, *, kind: str, transport: str | None = None,
+                       address: str | None = None) -> None:
         with self.transaction():
             self._conn.execute(
                 "INSERT INTO devices (id, gateway_id, model, serial, firmware, "
                 "registration_number, registration_valid_until, calibration_due, enrolled_at, "
-                "enrolled_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "enrolled_by, kind, transport, address) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (device_id, gateway_id, model, serial, firmware, registration_number,
-                 registration_valid_until, calibration_due, now, actor))
-            self._insert_certified_keys("device", device_id, cert, bytes(certificate), issuer,
-                                        actor, now)
-        return self.device(device_id)
+                 registration_valid_until, calibration_due, now, actor, kind, transport,
+                 address))
 
     def add_device_certificate(self, device_id: str, certificate: bytes, *, actor: str,
                                now: int) -> CertificateRecord:
@@ -684,6 +798,20 @@ class Registry:
             self._conn.execute("INSERT INTO patients (id, created_at, created_by) "
                                "VALUES (?, ?, ?)", (patient_id, now, actor))
         return patient_id
+
+    def patient_registered_at(self, patient_id: str) -> int:
+        return int(self._found("SELECT created_at FROM patients WHERE id = ?", patient_id,
+                               "patient_id", f"no patient {patient_id!r} is registered at "
+                               "this gateway; check the pseudonym, or bind a device to the "
+                               "patient first (`vitalbridge device bind`)")[0])
+
+    def monitoring_since(self, patient_id: str) -> int:
+        """Since when this gateway monitors the patient: the earliest of their registration
+        and their first binding (a binding may be dated back). Manual entries dated before
+        it are refused."""
+        registered = self.patient_registered_at(patient_id)
+        row = self._one("SELECT min(since) FROM bindings WHERE patient_id = ?", (patient_id,))
+        return registered if row is None or row[0] is None else min(registered, int(row[0]))
 
     def patients(self) -> list[str]:
         return [r[0] for r in self._all("SELECT id FROM patients ORDER BY id")]

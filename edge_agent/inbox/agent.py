@@ -1,0 +1,166 @@
+"""What the running agent does with inbox entries (the handlers of consumer.py).
+
+* manual-reading: a person's values for a patient become readings of the patient's manual
+  source device (registry kind "manual"), attested with the gateway key and marked manual
+  with who entered them (pipeline/attest.py), journaled, delivered and evaluated by the same
+  rules as any reading of that patient.
+* device-compromised: a compromise declared with `vitalbridge device compromise` (already
+  recorded in the registry by the command) reaches the running agent: the device's live
+  sessions and session keys are dropped, the centre gets the key event (UP_EVENT, as for a
+  compromise the agent itself detects) and an orange technical alarm is raised.
+
+A broken tamper seal reported by the device takes the same steps inside the agent
+(`service._lifecycle_event` calls `raise_compromise_alarm`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edge_agent.alarms.evaluator import TECHNICAL, Condition, Reading
+from edge_agent.alarms.grades import Grade
+from edge_agent.inbox import entries
+from edge_agent.inbox.consumer import InboxConsumer, Refused
+from edge_agent.inbox.store import Entry
+from edge_agent.journal import NewMessage, Priority
+from edge_agent.logging_setup import redact
+from edge_agent.pipeline import Observation
+from protocol import messages, topics
+
+if TYPE_CHECKING:
+    from edge_agent.service import AgentService
+
+MAX_FUTURE_SKEW_S = 120  # a manual entry may be dated this far ahead of the gateway clock
+COMPROMISED = "compromised"
+# Orange (IEC 60601-1-8 medium priority): the device's readings are no longer accepted, so
+# the patient is partly unmonitored until it is replaced and someone must act soon; it is
+# not a physiological emergency (red is kept for those, and would latch for no clinical
+# reason). docs/keys-and-certificates.md, "Compromise forwarding".
+COMPROMISE_GRADE = Grade.ORANGE
+
+
+def compromise_condition(device: str, patient: str | None, reason: str,
+                         at: float) -> Condition:
+    return Condition(f"{COMPROMISED}:{device}", TECHNICAL, COMPROMISE_GRADE, float(at), patient,
+                     device, detail=f"device compromised: {redact(reason)[:120]}")
+
+
+def raise_compromise_alarm(service: AgentService, device: str, reason: str, at: float) -> None:
+    """The technical alarm of a compromised device (idempotent: an active one stays)."""
+    patient = service.directory.patient_at(device, int(at))
+    # AlarmPath has no public entry for conditions from outside the evaluator yet.
+    service.alarms._apply([compromise_condition(device, patient, reason, at)], None)
+
+
+def compromise_event(device: str, at: int, keys: list[str]) -> bytes:
+    """The key event for the centre, the same bytes as service._lifecycle_event journals for
+    a compromise the agent detects itself (so both paths give one journal row)."""
+    return messages.encode("event", {"lifecycle": {"kind": COMPROMISED, "holder": device,
+                                                   "at": at, "keys": keys}})
+
+
+def _message_json(message: NewMessage) -> dict[str, Any]:
+    return {"kind": message.kind, "device_id": message.device_id,
+            "payload": message.payload.hex(), "priority": int(message.priority),
+            "verdict": message.verdict, "flags": list(message.flags),
+            "session": None if message.session is None else message.session.hex(),
+            "first_seq": message.first_seq, "last_seq": message.last_seq,
+            "count": message.count, "received_at": message.received_at}
+
+
+def _message(data: dict[str, Any]) -> NewMessage:
+    return NewMessage(data["kind"], data["device_id"], bytes.fromhex(data["payload"]),
+                      data["priority"], data["verdict"], tuple(data["flags"]),
+                      None if data["session"] is None else bytes.fromhex(data["session"]),
+                      data["first_seq"], data["last_seq"], data["count"], data["received_at"])
+
+
+def _reading_json(reading: Reading) -> dict[str, Any]:
+    return {"patient": reading.patient, "device": reading.device,
+            "quantity": reading.quantity, "value": reading.value, "time": reading.time,
+            "unit": reading.unit}
+
+
+class ManualReadingHandler:
+    def __init__(self, service: AgentService, clock: Any = time.time) -> None:
+        self.service = service
+        self._clock = clock
+
+    def prepare(self, entry: Entry, body: dict[str, Any]) -> Any:
+        service, registry = self.service, self.service.registry
+        now = self._clock()
+        at, patient = body["at"], body["patient"]
+        if at > now + MAX_FUTURE_SKEW_S:
+            return Refused(f"at: {at:.0f} is in the future (gateway clock {now:.0f}); enter "
+                           "the time the values were measured")
+        since = registry.monitoring_since(patient)  # NotFoundError: refused
+        if at < since:
+            return Refused(f"at: before patient {patient} was monitored here (from {since}); "
+                           "check --at")
+        source = registry.manual_source(patient, service.gateway_id, actor=entry.actor,
+                                        now=int(now))
+        service.directory.invalidate()
+        observations = [Observation(name, value, at, body["units"][name])
+                        for name, value in body["values"].items()]
+        attested = service.attestor.manual(
+            source.id, observations, actor=entry.actor, received_at=now, patient=patient,
+            flags=(f"entered-by:{entry.actor}",))
+        if attested.quarantine or not attested.journal:
+            reasons = "; ".join(q.reason for q in attested.quarantine) or "no reading built"
+            return Refused(reasons)
+        return {"messages": [_message_json(m) for m in attested.journal],
+                "readings": [_reading_json(r) for r in attested.readings],
+                "received_at": now}
+
+    async def apply(self, entry: Entry, body: dict[str, Any], prepared: Any) -> str:
+        built = [_message(m) for m in prepared["messages"]]
+        await self.service.journal.append_many(built)  # one row per digest: a retry is a no-op
+        readings = [Reading(r["patient"], r["device"], r["quantity"], r["value"], r["time"],
+                            r["unit"], manual=True) for r in prepared["readings"]]
+        if readings:
+            self.service.alarms.readings(readings, prepared["received_at"])
+        first, last = built[0].first_seq, built[-1].last_seq
+        return (f"{sum(m.count for m in built)} readings journaled as {built[0].device_id} "
+                f"seq {first}..{last}")
+
+
+class CompromiseHandler:
+    def __init__(self, service: AgentService) -> None:
+        self.service = service
+
+    def prepare(self, entry: Entry, body: dict[str, Any]) -> Any:
+        registry = self.service.registry
+        device = registry.device(body["device"])  # NotFoundError: refused
+        if device.status != COMPROMISED:
+            return Refused(f"device {device.id} is {device.status} in the registry: declare "
+                           "the compromise with `vitalbridge device compromise`")
+        keys = [k.kid for k in registry.keys("device", device.id)
+                if k.facts.compromised == body["at"]]
+        return {"keys": keys}
+
+    async def apply(self, entry: Entry, body: dict[str, Any], prepared: Any) -> str:
+        service = self.service
+        device, at, reason = body["device"], body["at"], body["reason"]
+        service.directory.invalidate()
+        ended = service.verifier.withdraw_device(device, reason, at)
+        await service.journal.append(NewMessage(
+            topics.UP_EVENT, None, compromise_event(device, at, prepared["keys"]),
+            Priority.ALARM, "attested"))
+        raise_compromise_alarm(service, device, reason, at)
+        service.recorder.record("maintenance.fault", entry.actor, f"device:{device}", {
+            "component": "device", "fault": "compromised", "severity": "critical",
+            "detail": redact(reason)[:200]})
+        return (f"{len(ended)} live sessions withdrawn, key event queued for the centre, "
+                f"{COMPROMISE_GRADE.label} technical alarm raised")
+
+
+async def start_inbox(service: AgentService, data_dir: Path) -> InboxConsumer:
+    """The service's inbox consumer, started (entries waiting from before are processed)."""
+    consumer = InboxConsumer(data_dir, {
+        entries.MANUAL_READING: ManualReadingHandler(service, service._clock),
+        entries.DEVICE_COMPROMISED: CompromiseHandler(service),
+    }, clock=service._clock)
+    await consumer.start()
+    return consumer
