@@ -1,0 +1,95 @@
+"""The fleet's pure parts: --faults parsing, the fault schedule, the oracle's comparisons."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from edge_agent.alarms.grades import Grade
+from edge_agent.alarms.scenarios import ExpectedAlarm
+from simulator.fleet.devices import Sealed
+from simulator.fleet.faults import FAULT_NAMES, FaultSpecError, parse_faults, plan_faults
+from simulator.fleet.oracle import (
+    AlarmStep,
+    ExpectedAlarmAt,
+    StoredReading,
+    compare_readings,
+    match_alarms,
+)
+
+
+def test_all_names_every_built_fault_and_order_is_canonical() -> None:
+    everything = parse_faults("all")
+    assert "ble-disconnect" not in everything and len(everything) == len(FAULT_NAMES) - 1
+    assert parse_faults(" garbage , agent-kill ") == ("agent-kill", "garbage")
+    with pytest.raises(FaultSpecError, match="unknown fault 'al'"):
+        parse_faults("al")
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_schedule_injects_each_fault_inside_the_window_without_broker_overlaps(
+        seed: int) -> None:
+    names = parse_faults("all")
+    plan = plan_faults(names, 40.0, ["gw-01", "gw-02"], ["a", "b", "c", "d"],
+                       random.Random(seed), skew_devices=["b", "d"])
+    assert {f.name for f in plan} == set(names)
+    assert plan == sorted(plan, key=lambda f: (f.at, f.name, f.target))
+    for fault in plan:
+        assert 6.0 <= fault.at and fault.at + fault.duration_s <= 36.0 + 1e-9, fault
+    spans = [(f.at, f.at + f.duration_s) for f in plan
+             if f.name in ("broker-outage", "broker-restart", "disk-full")]
+    spans.sort()
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), spans
+    assert all(f.target in ("b", "d") for f in plan if f.name == "clock-skew")
+    assert sum(f.name == "agent-kill" for f in plan) >= 2
+    assert plan == plan_faults(names, 40.0, ["gw-01", "gw-02"], ["a", "b", "c", "d"],
+                               random.Random(seed), skew_devices=["b", "d"])
+
+
+def sealed(quantity: str, value: float, at: float = 100.0) -> Sealed:
+    return Sealed(quantity, value, int(at), at)
+
+
+def test_compare_counts_only_seqs_stored_with_the_sealed_content() -> None:
+    truth = {"d1": {0: sealed("spo2", 97), 1: sealed("pr", 70), 2: sealed("spo2", 96),
+                    3: sealed("pr", 71)}}
+    stored = [StoredReading("d1", 0, "spo2", 97, 100.5),
+              StoredReading("d1", 1, "pr", 70, 100.25),
+              StoredReading("d1", 1, "pr", 70, 101.0),  # the same seq stored again
+              StoredReading("d1", 2, "spo2", 55, 100.5),  # not what the device sealed
+              StoredReading("d1", 9, "pr", 70, 100.5)]  # never sealed
+    tally = compare_readings(truth, stored)["d1"]
+    assert (tally.generated, tally.received, tally.duplicated_as_new) == (4, 2, 1)
+    assert (tally.wrong_content, tally.unknown_seqs) == (1, 1)
+    assert sorted(tally.latency_ms) == [250.0, 500.0]
+
+
+def step(grade: str, key: str, at: float, kind: str = "raised", alarm: str = "a1",
+         patient: str | None = "p1") -> AlarmStep:
+    return AlarmStep(alarm, "gw", kind, grade, key, patient, "d1", at)
+
+
+def expect(grade: Grade, key: str, at: float, patient: str | None = "p1") -> ExpectedAlarmAt:
+    return ExpectedAlarmAt(ExpectedAlarm(grade, key, at), patient, "d1", at)
+
+
+def test_alarms_match_by_key_patient_and_at_least_the_grade() -> None:
+    start = 1000.0
+    expected = [expect(Grade.YELLOW, "spo2:low", 10.0), expect(Grade.RED, "spo2:low", 12.0),
+                expect(Grade.ORANGE, "spo2:fall", 11.0), expect(Grade.BLUE, "disk-budget", 5.0,
+                                                                 patient=None)]
+    steps = [step("orange", "spo2:low", start + 10.5),
+             step("red", "spo2:low", start + 12.25, kind="regraded"),
+             step("yellow", "spo2:fall", start + 11.5, alarm="a2"),  # too low a grade
+             step("blue", "offline", start + 20.0, alarm="a3"),
+             step("red", "spo2:low", start + 9.0, alarm="a4", patient="p2")]  # other patient
+    outcomes, latencies = match_alarms(expected, steps, start)
+    by_key = {(o.condition, o.grade, o.expected_at is None): o for o in outcomes}
+    assert by_key[("spo2:low", "yellow", False)].raised_at == 10.5
+    assert by_key[("spo2:low", "red", False)].raised_at == 12.25
+    assert by_key[("spo2:fall", "orange", False)].raised_at is None  # missed
+    assert by_key[("disk-budget", "blue", False)].raised_at is None
+    unexpected = sorted((o.condition, o.patient) for o in outcomes if o.expected_at is None)
+    assert unexpected == [("offline", "p1"), ("spo2:fall", "p1"), ("spo2:low", "p2")]
+    assert sorted(latencies) == [250.0, 500.0]
