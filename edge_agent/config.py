@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from bleak.uuids import normalize_uuid_str
 
 from edge_agent.alarms.grades import Grade
+from edge_agent.alarms.notify import NotificationPolicy, PolicyError, QuietHours
 from edge_agent.ble_ingest import DeviceConfig
 from edge_agent.serial_ingest import DRIVERS, PortConfig, UsbMatch
 from protocol.errors import ProtocolError
@@ -131,6 +132,7 @@ class AlarmSettings:
     critical_grade: str = "yellow"
     offline_after_s: float = 60.0
     battery_low_percent: float = 20.0
+    notify: NotificationPolicy = NotificationPolicy()  # [alarms.notify], docs/alarms.md
 
     @property
     def critical(self) -> Grade:
@@ -497,7 +499,7 @@ class _Reader:
         table = self.table(doc, "alarms", "alarms") or {}
         self.known(table, "alarms", ("escalate_after_s", "max_escalation_level",
                                      "critical_grade", "offline_after_s",
-                                     "battery_low_percent"))
+                                     "battery_low_percent", "notify"))
         defaults = AlarmSettings()
         return AlarmSettings(
             self.number(table, "escalate_after_s", "alarms", 0.0,
@@ -509,7 +511,48 @@ class _Reader:
             self.number(table, "offline_after_s", "alarms", 0.0,
                         default=defaults.offline_after_s, above=True),
             self.number(table, "battery_low_percent", "alarms", 0.0, 100.0,
-                        default=defaults.battery_low_percent))
+                        default=defaults.battery_low_percent),
+            self.notify(table))
+
+    # -- [alarms.notify]: who hears of an alarm, quiet hours (edge_agent/alarms/notify.py) --
+
+    def notify(self, alarms: Mapping[str, Any]) -> NotificationPolicy:
+        where = "alarms.notify"
+        table = self.table(alarms, "notify", where) or {}
+        grades = tuple(g.label for g in Grade)
+        self.known(table, where, (*grades, "quiet_hours", "notify_command", "timezone"))
+        defaults = NotificationPolicy()
+        routes = {}
+        for grade in Grade:
+            routes[grade] = self.value(table, grade.label, where, _recipients,
+                                       defaults.routes[grade])
+        quiet = None
+        quiet_table = self.table(table, "quiet_hours", f"{where}.quiet_hours")
+        if quiet_table:
+            quiet = self.quiet_hours(quiet_table, f"{where}.quiet_hours")
+        command = self.value(table, "notify_command", where, _argv, ())
+        zone = self.value(table, "timezone", where, _timezone, None)
+        try:
+            return NotificationPolicy(routes, quiet, command, zone)
+        except PolicyError as exc:
+            self.problem(f"{where}.{exc.key}", exc.message)
+            return defaults
+
+    def quiet_hours(self, table: Mapping[str, Any], where: str) -> QuietHours | None:
+        self.known(table, where, ("start", "end", "grades"))
+        grades = table.get("grades", ["yellow", "blue"])
+        if not isinstance(grades, list):
+            self.problem(f"{where}.grades", f"must be an array of grades, got {_show(grades)}")
+            return None
+        for key in ("start", "end"):
+            if key not in table:
+                self.problem(f"{where}.{key}", "missing (a time of day \"HH:MM\")")
+        try:
+            return QuietHours.parse(table.get("start"), table.get("end"), grades)
+        except PolicyError as exc:
+            if exc.key not in ("start", "end") or exc.key in table:
+                self.problem(f"{where}.{exc.key}", exc.message)
+            return None
 
     def eventlog(self, doc: Mapping[str, Any]) -> EventLogSettings:
         table = self.table(doc, "eventlog", "eventlog") or {}
@@ -547,6 +590,31 @@ def _usb(raw: object) -> UsbMatch:
     if not isinstance(raw, str):
         raise ValueError("must be a string VID:PID or VID:PID:SERIAL")
     return UsbMatch.parse(raw)
+
+
+def _recipients(raw: object) -> frozenset[str]:
+    if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
+        raise ValueError("must be an array of recipients (centre, device, local)")
+    return frozenset(raw)
+
+
+def _argv(raw: object) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not raw or \
+            not all(isinstance(item, str) and item and "\x00" not in item for item in raw):
+        raise ValueError("must be a non-empty array of strings (argv, no shell)")
+    return tuple(raw)
+
+
+def _timezone(raw: object) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    if not isinstance(raw, str) or not raw:
+        raise ValueError("must be an IANA time zone name such as \"Europe/London\"")
+    try:
+        ZoneInfo(raw)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("is not a known IANA time zone") from None
+    return raw
 
 
 def _uuid(raw: object) -> str:

@@ -10,7 +10,8 @@ devices enrolled (device CWTs issued by the gateway key) and bound to pseudonymo
 (session handshake, sealed batches chained for checkpoints, signed checkpoints, device-acks)
 over a `PtySerialDevice`, the way the firmware does: it keeps every sealed batch in an outbox
 until a device-ack covers it and re-sends what is not acknowledged. `acked` is the set of
-seqs a device-ack has confirmed: the agent promises that each of them is durable.
+seqs a device-ack has confirmed: the agent promises that each of them is durable; `feedback`
+lists the patterns the agent's sealed "feedback" commands asked it to show.
 
 Used by tests/edge_agent/test_service_integration.py, test_agent_kill.py and
 bench/agent_bench.py. Blocking (pyserial on the device end): run it on its own thread.
@@ -137,6 +138,9 @@ class FirmwareStandIn:
         self.ack_times: dict[int, float] = {}  # seq -> monotonic time its ack arrived
         self.acks = 0
         self.write_failures = 0
+        self.feedback: list[str] = []  # feedback patterns commanded, oldest first
+        self.last_command_id: int | None = None  # per session, as the firmware keeps it
+        self.commands_refused = 0
         self._decoder = FrameDecoder()
         self._pending_accept: list[bytes] = []
         self.kid_sign = cose.key_id(crypto.ed25519_public_key(keys.seed))
@@ -167,6 +171,8 @@ class FirmwareStandIn:
                 self._pending_accept.append(payload)
             elif kind == "device-ack":
                 self._ack(body)
+            elif kind == "device-command":
+                self._command(body)
 
     def _ack(self, body: object) -> None:
         if self.session is None:
@@ -193,6 +199,27 @@ class FirmwareStandIn:
                 del self.outbox[first]
                 self.sent_at.pop(first, None)
 
+    def _command(self, body: object) -> None:
+        """A sealed device-command, checked as the firmware does (session key, increasing
+        ids); feedback patterns are kept in `feedback` (what the device was told to show)."""
+        if self.session is None:
+            return
+        try:
+            command = device_link.decode_command(body, self.session.gateway_mac_key,
+                                                 self.session.session_id, self.last_command_id)
+        except ProtocolError:
+            self.commands_refused += 1
+            return
+        self.last_command_id = command.command_id
+        if command.name == "feedback":
+            with self.lock:
+                self.feedback.append(command.args)
+
+    def showing(self) -> str | None:
+        """The feedback pattern last commanded (None: never told)."""
+        with self.lock:
+            return self.feedback[-1] if self.feedback else None
+
     # -- protocol --------------------------------------------------------------------------
 
     def handshake(self, timeout: float = 10.0, retry_s: float = 1.0) -> session.Session:
@@ -213,6 +240,7 @@ class FirmwareStandIn:
                     except ProtocolError:
                         break
                     self.chain = checkpoint.HashChain(self.session.session_id)
+                    self.last_command_id = None
                     return self.session
         raise TimeoutError(f"{self.keys.device_id}: no accept from the agent in {timeout} s")
 

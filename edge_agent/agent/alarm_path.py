@@ -30,20 +30,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from edge_agent.agent.durable import LimitCommandStore
+from edge_agent.agent.reception import LinkRef
 from edge_agent.agent.recorder import EventRecorder
 from edge_agent.agent.signals import WorkSignal
+from edge_agent.alarms.active_set import to_transition
 from edge_agent.alarms.evaluator import Condition, DeviceStatus, Evaluator, GatewayStatus, Reading
 from edge_agent.alarms.grades import Grade
-from edge_agent.alarms.lifecycle import Alarm, AlarmLifecycle, LifecycleError, Step
+from edge_agent.alarms.lifecycle import NOTIFIED, Alarm, AlarmLifecycle, LifecycleError, Step
 from edge_agent.alarms.store import AlarmStore
 from edge_agent.journal import Journal, NewMessage, Priority
 from protocol import alarm_messages, crypto, messages, topics
@@ -60,16 +62,15 @@ _RETRY_S = 0.5
 def transition_message(step: Step, alarm: Alarm) -> bytes:
     """The `alarm` message for one lifecycle step (deterministic bytes: the same step always
     gives the same digest, which is how the journal recognises it again)."""
-    value = step.value
-    if isinstance(value, float) and not math.isfinite(value):
-        value = None
-    if isinstance(value, str):
-        value = value[:alarm_messages.VALUE_TEXT_MAX]
-    detail = step.detail[:alarm_messages.DETAIL_MAX] if step.detail else None
-    return alarm_messages.encode_transition(alarm_messages.AlarmTransition(
-        step.alarm_id, step.seq, step.kind, step.grade.label, alarm.key,
-        int(step.time * 1000), step.level, patient=alarm.patient, device=alarm.device,
-        value=value, actor=step.actor[:alarm_messages.ACTOR_MAX], detail=detail))
+    return alarm_messages.encode_transition(to_transition(step, alarm))
+
+
+class StepObserver(Protocol):
+    """Told of steps once they are durable (the notification policy, the active set)."""
+
+    def restored(self, alarm: Alarm, steps: list[Step]) -> None: ...
+
+    def durable(self, steps: list[Step]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,7 @@ class AlarmPath:
         self._task: asyncio.Task[None] | None = None
         self.steps_journaled = 0
         self.evaluation_errors = 0
+        self.observer: StepObserver | None = None  # set by the service (alarms/dispatch.py)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -171,6 +173,15 @@ class AlarmPath:
         if steps:
             self._queue.append((steps, received_at))
             self._signal.added()
+
+    def notified(self, alarm_id: str, detail: str, time: float, actor: str) -> bool:
+        """A notification decision as a "notified" step (False: the alarm closed meanwhile)."""
+        try:
+            step = self.lifecycle.notified(alarm_id, actor, time, detail)
+        except LifecycleError:
+            return False
+        self._submit([step], None)
+        return True
 
     # -- downlink ---------------------------------------------------------------------------
 
@@ -271,6 +282,8 @@ class AlarmPath:
             if steps:
                 await self.journal.append_many([self._message(s, alarm) for s in steps])
                 count += len(steps)
+                if self.observer is not None:
+                    self.observer.restored(alarm, steps)
         return count
 
     # -- the writer ---------------------------------------------------------------------------
@@ -286,6 +299,11 @@ class AlarmPath:
             persisted = asyncio.ensure_future(self._persist(steps, alarms))
             await self._journal(groups, alarms)
             await persisted
+            if self.observer is not None:
+                try:
+                    self.observer.durable(steps)
+                except Exception:  # notification trouble must not stop the alarm writer
+                    log.exception("alarm step observer failed")
 
     async def _persist(self, steps: list[Step], alarms: dict[str, Alarm]) -> None:
         try:
@@ -328,5 +346,38 @@ class AlarmPath:
             details["device"] = alarm.device
         if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}", alarm.key):
             details["condition"] = alarm.key
+        if step.kind == NOTIFIED and step.detail:
+            details["reason"] = step.detail[:200]  # the recipient and the policy's decision
         actor = step.actor if _ACTOR.match(step.actor) else "centre"
         self.recorder.record(f"alarm.{step.kind}", actor, f"alarm:{step.alarm_id}", details)
+
+
+class PatientDevices:
+    """The dispatch's view of patient devices (alarms/dispatch.DeviceChannel) over the
+    service's registry directory, session table and links."""
+
+    def __init__(self, patient_at: Callable[[str, int], str | None],
+                 current_session: Callable[[str], Any], links: dict[str, LinkRef],
+                 online: dict[str, set[str]], reply: Callable[[LinkRef, bytes], None]) -> None:
+        self._patient_at = patient_at
+        self._current_session = current_session
+        self._links = links  # device id -> its configured link
+        self._online = online  # transport -> connected link names (the service's own sets)
+        self._reply = reply
+
+    def patient_devices(self, patient: str, now: float) -> list[str]:
+        return sorted(d for d in self._links if self._patient_at(d, int(now)) == patient)
+
+    def session(self, device_id: str) -> Any:
+        return self._current_session(device_id)
+
+    def send(self, device_id: str, payload: bytes) -> bool:
+        link = self._links.get(device_id)
+        if link is None or link.link not in self._online.get(link.transport, ()):
+            return False
+        try:
+            self._reply(link, payload)
+        except Exception as exc:  # the port closed under us: told again when it is back
+            log.info("feedback to %s not sent: %s", device_id, type(exc).__name__)
+            return False
+        return True

@@ -305,15 +305,23 @@ class MqttLink:
         payload: bytes,
         correlation: bytes | None = None,
         response_topic: str | None = None,
+        *,
+        retain: bool = False,
     ) -> Queued:
         """Queue a QoS 1 publish. `accepted` only means paho holds it; the PUBACK (a `PubAck`
-        event with this mid) says what the broker did with it."""
+        event with this mid) says what the broker did with it.
+
+        retain=True: retained *state* (the active alarm set), latest wins. Sent at QoS 0 so it
+        never takes a slot of the broker's Receive Maximum that the delivery window counts
+        on, and never produces a PubAck the delivery loop would not know; the caller
+        publishes it again after every reconnect (alarms/dispatch.py)."""
         properties = Properties(PacketTypes.PUBLISH)
         if correlation is not None:
             properties.CorrelationData = correlation
         if response_topic is not None:
             properties.ResponseTopic = response_topic
-        info = self._client.publish(topic, payload, qos=1, properties=properties)
+        info = self._client.publish(topic, payload, qos=0 if retain else 1, retain=retain,
+                                    properties=properties)
         # NO_CONN: paho keeps the message and sends it after the next CONNACK (or drops it
         # and reports it in LinkDown.dropped if the connection fails first).
         accepted = info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)

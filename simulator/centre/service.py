@@ -53,6 +53,30 @@ class CentreError(RuntimeError):
 
 
 @dataclass(frozen=True, slots=True)
+class AlarmSetDifference:
+    """The centre's folded alarm view against a gateway's retained active set."""
+
+    gateway: str
+    only_in_set: tuple[str, ...]  # open at the gateway; closed or unknown here
+    only_at_centre: tuple[str, ...]  # open here; the gateway's set no longer has it
+    incomplete: tuple[str, ...]  # in both, but steps below the newest have not arrived
+
+    @property
+    def agree(self) -> bool:
+        return not (self.only_in_set or self.only_at_centre or self.incomplete)
+
+
+def compare_alarm_set(gateway: str, retained: Iterable[str],
+                      open_here: Iterable[AlarmView]) -> AlarmSetDifference:
+    """Which alarms the two views disagree on (ids sorted)."""
+    in_set = set(retained)
+    views = {view.id: view for view in open_here}
+    return AlarmSetDifference(
+        gateway, tuple(sorted(in_set - set(views))), tuple(sorted(set(views) - in_set)),
+        tuple(sorted(i for i in in_set & set(views) if views[i].missing_steps)))
+
+
+@dataclass(frozen=True, slots=True)
 class Inbound:
     """One upstream MQTT message, as captured on paho's network thread."""
 
@@ -582,3 +606,13 @@ class Centre:
     def active_alarms(self, gateway: str | None = None) -> list[AlarmView]:
         """Open alarms (not closed), per gateway or all, oldest first."""
         return self.store.open_alarms(gateway)
+
+    def alarm_set_difference(self, gateway: str) -> AlarmSetDifference | None:
+        """The folded view against the gateway's retained active set (None: no set yet).
+        They differ for a moment while steps travel; a lasting difference means a lost
+        step or a gateway that restarted without its alarm store."""
+        with self.store.lock:
+            retained = self.store.alarm_set(gateway)
+            if retained is None:
+                return None
+            return compare_alarm_set(gateway, retained, self.store.open_alarms(gateway))
