@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "edge_agent.commands.fault",
     "edge_agent.commands.firmware",
     "simulator.commands",
+    "simulator.sim_commands",
 )
 
 
@@ -63,4 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main: commands raise edge_agent.cli.CommandError, which is
+    # not this __main__ module's class of the same name.
+    from edge_agent.cli import main as imported_main
+
+    sys.exit(imported_main())

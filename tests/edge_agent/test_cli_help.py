@@ -30,7 +30,8 @@ ALL = _parsers(build_parser())
 def test_the_tree_has_the_technician_commands() -> None:
     names = {" ".join(path) for path, _ in ALL}
     for expected in ("reading add", "device compromise", "agent run", "journal verify",
-                     "export fhir", "inspect", "commission"):
+                     "export fhir", "inspect", "commission", "sim fleet", "sim scenario",
+                     "demo", "firmware run-sim"):
         assert expected in names, f"missing command: vitalbridge {expected}"
 
 
