@@ -135,27 +135,32 @@ ks.load()
 print(len(ks.provision()))
 """
 
-FIRMWARE_KEYSTORE = (
-    "firmware/keystore.py + firmware/fileio.py on the MicroPython unix port create <kid>.key "
-    "(CBOR map holding the private key) with open() and the key directory with os.mkdir(): "
-    "0644 in 0755 under umask 022. MicroPython's os has no chmod/umask, so the fix is the "
-    "launcher (e.g. subprocess umask=0o077 for firmware processes, then run this test the "
-    "same way) or a documented exception for the unix port (reported to the lead)")
+# MicroPython's os has no chmod/umask: the launcher (`vitalbridge firmware run-sim`) runs
+# the firmware under umask 077 in an owner-only state directory. This test spawns the
+# keystore through the same launcher helpers from a process with umask 022.
 
 
 @pytest.mark.micropython
-@pytest.mark.xfail(strict=True, reason=FIRMWARE_KEYSTORE)
 def test_firmware_keystore_on_unix_port_is_0600_in_0700(tmp_path: Path) -> None:
+    from edge_agent.commands import firmware as fw_command
+
     micropython = Path(sys.executable).parent / "micropython"
     if not micropython.exists():
         pytest.fail("micropython not installed: run scripts/setup.sh (pip extra 'dev')")
     script = tmp_path / "provision.py"
     script.write_text(KEYSTORE_SCRIPT)
-    keys = tmp_path / "flash" / "keys"
-    proc = subprocess.run([str(micropython), "-X", "heapsize=8M", str(script), str(keys)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120, umask=0o022)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.strip() == "2"  # key-generated events: signing and agreement key
+    flash = tmp_path / "state" / "flash"
+    keys = flash / "keys"
+    with umask(0o022):
+        fw_command.make_private_dirs(flash.parent, flash)
+        proc = fw_command.spawn_firmware(
+            [str(micropython), "-X", "heapsize=8M", str(script), str(keys)], dict(os.environ),
+            ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert out.strip() == "2"  # key-generated events: signing and agreement key
+    for directory in (flash.parent, flash):
+        assert mode(directory) == 0o700, f"{directory} is {mode(directory):04o}"
     assert_private(sorted(keys.glob("*.key")))
 
 
@@ -173,6 +178,8 @@ ALLOWED = {
         "one {kid, purpose} entry of that list: prints key['kid'] and key['purpose']",
     ("edge_agent/commands/inspect_view.py", "key"):
         "a decoded GATT characteristic's field name (inspect shows a device's value)",
+    ("simulator/scenario_run.py", "seed"):
+        "the scenario's physiology RNG seed (summary['seed']), printed so a run can be repeated",
 }
 
 

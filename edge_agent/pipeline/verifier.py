@@ -182,6 +182,8 @@ def rule_readings(directory: DeviceDirectory, device_id: str, readings: Iterable
     rules' Reading refuses one (it is journaled all the same)."""
     out: list[Reading] = []
     flags: list[str] = []
+    readings = list(readings)
+    quality = signal_quality_by_time(readings)
     for reading in readings:
         owner = patient or directory.patient_at(device_id, int(reading.time))
         if owner is None:
@@ -190,10 +192,36 @@ def rule_readings(directory: DeviceDirectory, device_id: str, readings: Iterable
         try:
             out.append(Reading(patient=owner, device=device_id, quantity=reading.quantity,
                                value=reading.value, time=float(reading.time), unit=reading.unit,
-                               manual=manual))
+                               manual=manual,
+                               signal_quality=quality_at(quality, float(reading.time))))
         except ValidationError:
             flags.append(NOT_EVALUABLE)
     return out, flags
+
+
+def signal_quality_by_time(readings: Sequence[senml.Reading]) -> list[tuple[float, float]]:
+    """The batch's signal-quality records ("sq") as sorted (time, quality) pairs. A sensor
+    reports sq beside the values it qualifies; the rules need it on each value, or an
+    artefact (motion, poor contact) would reach the clinical limits as if it were real."""
+    pairs = []
+    for reading in readings:
+        value = reading.value
+        if reading.quantity == "sq" and isinstance(value, (int, float)) \
+                and not isinstance(value, bool) and 0 <= value <= 100:
+            pairs.append((float(reading.time), float(value)))
+    pairs.sort()
+    return pairs
+
+
+def quality_at(pairs: Sequence[tuple[float, float]], time: float) -> float | None:
+    """The quality the sensor reported at `time`, else its latest report before it in the
+    same batch; None when it reported none (the rules then apply no quality guard)."""
+    chosen = None
+    for at, value in pairs:
+        if at > time:
+            break
+        chosen = value
+    return chosen
 
 
 def priority_for(readings: Iterable[Reading], critical: CriticalCheck | None,
