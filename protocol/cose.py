@@ -19,6 +19,8 @@ Every failure raises SealError whose message is the specific reason (see docs/se
 Runs on MicroPython: plain classes, no typing.
 """
 
+import hashlib
+import sys
 
 from protocol import cbor, crypto
 from protocol.checks import hexstr, is_int
@@ -47,6 +49,10 @@ KEY_ID_SIZE = 8
 
 # Labels a `crit` header may list: we process these ourselves (RFC 9052 §3.1 "crit").
 _UNDERSTOOD = (H_ALG, H_CONTENT_TYPE, H_KID)
+# Builtins bound as module globals: MicroPython looks a builtin up in the module's globals
+# first, and that miss costs more than a hit (docs/cbor.md, "Hot-path pass").
+_type = type
+_len = len
 _NAMES = {TAG_MAC0: "COSE_Mac0", TAG_SIGN1: "COSE_Sign1"}
 
 
@@ -246,33 +252,88 @@ def _check_kid(msg, kid):
 
 
 def _bytes_arg(field, value):
+    if _type(value) is bytes:
+        return value  # the common case, without a copy
     if not _is_bytes(value):
         raise ValidationError(field, "must be bytes, not %s" % type(value).__name__)
     return bytes(value)
 
 
+# Protected header bytes per (alg, content_type): a device seals every batch with the same
+# pair, so the map is encoded once. Only validated None/int/str content types are cached.
+_protected_cache = {}
+
+
 def _build_protected(alg, content_type):
-    header = {H_ALG: alg}
-    if content_type is not None:
-        if not _valid_content_type(content_type):
-            raise ValidationError("content_type", "must be a uint16 CoAP format or a text type")
-        header[H_CONTENT_TYPE] = content_type
-    return cbor.dumps(header)
+    if content_type is not None and not _valid_content_type(content_type):
+        raise ValidationError("content_type", "must be a uint16 CoAP format or a text type")
+    cache_key = (alg, content_type)
+    protected = _protected_cache.get(cache_key)
+    if protected is None:
+        header = {H_ALG: alg}
+        if content_type is not None:
+            header[H_CONTENT_TYPE] = content_type
+        protected = cbor.dumps(header)
+        if len(_protected_cache) < 8:
+            _protected_cache[cache_key] = protected
+    return protected
 
 
-def _build_unprotected(kid):
+def _check_kid_arg(kid):
     if kid is None:
-        return {}
+        return None
     kid = _bytes_arg("kid", kid)
-    if len(kid) > KID_MAX:
+    if _len(kid) > KID_MAX:
         raise ValidationError("kid", "longer than %d bytes" % KID_MAX)
-    return {H_KID: kid}
+    return kid
 
 
-def _emit(cose_tag, items, tagged):
+# The COSE arrays are written head by head below instead of through cbor.dumps of nested
+# lists and dicts: every item is a bstr, nil or the one-entry {4: kid} map, so the
+# deterministic encoding is fixed and the generic walk (a third of a seal on MicroPython)
+# buys nothing. tests/firmware/test_seal_fast_path.py and tests/mpy/test_fw_seal.py hold
+# these bytes to the cbor.dumps construction.
+_put_head = cbor.encode_head_into
+
+# ["MAC0", ...] and ["Signature1", ...]: array(4) then the context text string.
+_MAC0_CONTEXT = b"\x84\x64MAC0"
+_SIGN1_CONTEXT = b"\x84\x6aSignature1"
+
+
+def _put_bstr(out, data):
+    _put_head(out, 0x40, _len(data))
+    out += data
+
+
+def _structure_head(context, protected_bytes, external_aad, payload_size):
+    """MAC_structure / Sig_structure (RFC 9052 §6.3, §4.4) as deterministic CBOR, up to
+    and including the payload's bstr head: the payload bytes follow it."""
+    out = bytearray(context)
+    _put_bstr(out, protected_bytes)
+    _put_bstr(out, external_aad)
+    _put_head(out, 0x40, payload_size)
+    return out
+
+
+def _emit(cose_tag, protected_bytes, kid, payload, tag, tagged):
+    """[protected, {4: kid} or {}, payload or nil, tag], optionally as tag 17/18."""
+    out = bytearray()
     if tagged:
-        return cbor.dumps(cbor.Tag(cose_tag, items))
-    return cbor.dumps(items)
+        out.append(0xC0 | cose_tag)  # 17 and 18 are below 24: a one-byte tag head
+    out.append(0x84)
+    _put_bstr(out, protected_bytes)
+    if kid is None:
+        out.append(0xA0)
+    else:
+        out.append(0xA1)
+        out.append(H_KID)
+        _put_bstr(out, kid)
+    if payload is None:
+        out.append(0xF6)
+    else:
+        _put_bstr(out, payload)
+    _put_bstr(out, tag)
+    return bytes(out)
 
 
 # ---------------------------------------------------------------- COSE_Mac0
@@ -280,14 +341,62 @@ def _emit(cose_tag, items, tagged):
 
 def _mac_key(key):
     key = _bytes_arg("key", key)
-    if len(key) != MAC_KEY_SIZE:
+    if _len(key) != MAC_KEY_SIZE:
         raise ValidationError("key", "HMAC 256/256 key must be %d bytes" % MAC_KEY_SIZE)
     return key
 
 
+_ON_MICROPYTHON = sys.implementation.name == "micropython"
+_HMAC_BLOCK = 64
+_PADDED_KEYS_MAX = 4
+
+
+class _PaddedKey:
+    """HMAC-SHA256 (RFC 2104) under one key whose inner and outer pad blocks are XORed once.
+
+    Only for MicroPython: crypto.hmac_sha256 there XORs both 64-byte pads in interpreted
+    code on every call (~10 of its ~12 us on the unix port), and a device MACs every batch
+    under the same session key. Its hash objects cannot be copied, so the pads are hashed
+    afresh each time (native SHA-256). CPython keeps the C hmac in crypto.
+    """
+
+    def __init__(self, key):
+        self.key = key
+        fill = _HMAC_BLOCK - _len(key)
+        self._inner = bytes([byte ^ 0x36 for byte in key]) + b"\x36" * fill
+        self._outer = bytes([byte ^ 0x5C for byte in key]) + b"\x5c" * fill
+
+    def digest(self, data, more=b""):
+        """HMAC of data + more (hashed in two pieces: no concatenated copy)."""
+        inner = hashlib.sha256(self._inner)
+        inner.update(data)
+        inner.update(more)
+        outer = hashlib.sha256(self._outer)
+        outer.update(inner.digest())
+        return outer.digest()
+
+
+# MAC key -> _PaddedKey; a device alternates between its session's device and gateway
+# keys (seal, then verify an ack), so a few entries; cleared when full, so old session
+# keys do not pile up in RAM.
+_padded_keys = {}
+
+
+def _padded_key(key):
+    padded = _padded_keys.get(key)
+    if padded is None:
+        if _len(_padded_keys) >= _PADDED_KEYS_MAX:
+            _padded_keys.clear()
+        padded = _padded_keys[key] = _PaddedKey(key)
+    return padded
+
+
 def _mac(key, protected_bytes, external_aad, payload):
-    to_mac = cbor.dumps(["MAC0", protected_bytes, external_aad, payload])
-    return crypto.hmac_sha256(key, to_mac)
+    head = _structure_head(_MAC0_CONTEXT, protected_bytes, external_aad, _len(payload))
+    if _ON_MICROPYTHON:
+        return _padded_key(key).digest(head, payload)
+    head += payload
+    return crypto.hmac_sha256(key, head)
 
 
 def mac0_create(key, payload, kid=None, content_type=None, external_aad=b"", tagged=True,
@@ -301,10 +410,9 @@ def mac0_create(key, payload, kid=None, content_type=None, external_aad=b"", tag
     payload = _bytes_arg("payload", payload)
     external_aad = _bytes_arg("external_aad", external_aad)
     protected_bytes = _build_protected(ALG_HMAC_256_256, content_type)
-    unprotected = _build_unprotected(kid)
+    kid = _check_kid_arg(kid)
     tag = _mac(key, protected_bytes, external_aad, payload)
-    body = [protected_bytes, unprotected, None if detached else payload, tag]
-    return _emit(TAG_MAC0, body, tagged)
+    return _emit(TAG_MAC0, protected_bytes, kid, None if detached else payload, tag, tagged)
 
 
 def mac0_parse(data, max_size=65536):
@@ -335,7 +443,9 @@ def mac0_verify(key, data, external_aad=b"", kid=None, detached_payload=None, ma
 
 
 def _to_sign(protected_bytes, external_aad, payload):
-    return cbor.dumps(["Signature1", protected_bytes, external_aad, payload])
+    out = _structure_head(_SIGN1_CONTEXT, protected_bytes, external_aad, _len(payload))
+    out += payload
+    return bytes(out)
 
 
 def sign1_create(seed, payload, kid=None, content_type=None, external_aad=b"", tagged=True,
@@ -347,10 +457,10 @@ def sign1_create(seed, payload, kid=None, content_type=None, external_aad=b"", t
     payload = _bytes_arg("payload", payload)
     external_aad = _bytes_arg("external_aad", external_aad)
     protected_bytes = _build_protected(ALG_EDDSA, content_type)
-    unprotected = _build_unprotected(kid)
+    kid = _check_kid_arg(kid)
     signature = crypto.ed25519_sign(seed, _to_sign(protected_bytes, external_aad, payload))
-    body = [protected_bytes, unprotected, None if detached else payload, signature]
-    return _emit(TAG_SIGN1, body, tagged)
+    return _emit(TAG_SIGN1, protected_bytes, kid, None if detached else payload, signature,
+                 tagged)
 
 
 def sign1_parse(data, max_size=65536):

@@ -41,7 +41,11 @@ BAUDRATE = 115200
 RESET_EXIT_BASE = 64  # firmware.app.RESET_EXIT_BASE (kept in step by a test)
 SIM_ENTRY = "import firmware.app; firmware.app.run_sim()"
 # Host-only modules that never go to a board.
-NOT_DEPLOYED = ("firmware/hal/sim.py", "firmware/hal/sim_devices.py", "firmware/main.py")
+NOT_DEPLOYED = ("firmware/hal/sim.py", "firmware/hal/sim_devices.py", "firmware/hal/sim_ble.py",
+                "firmware/main.py")
+# MicroPython's os has no chmod or umask: the firmware's files (its private keys among them)
+# get the mode the launching process's umask allows, so the launcher sets it.
+FIRMWARE_UMASK = 0o077
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -222,14 +226,29 @@ def _relay_output(stream, prefix: str) -> None:
         sys.stdout.flush()
 
 
+def make_private_dirs(*directories: Path) -> None:
+    """Create each directory (and missing parents) owner-only, 0700; an existing one is
+    narrowed to 0700 too, since a firmware's flash holds its private keys."""
+    for directory in directories:
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o700)
+
+
+def spawn_firmware(command: list[str], env: dict[str, str], cwd: Path, **popen
+                   ) -> subprocess.Popen:
+    """Start a MicroPython firmware process under FIRMWARE_UMASK, so every file it creates
+    is owner-only (0600, directories 0700) whatever the caller's umask."""
+    return subprocess.Popen(command, env=env, cwd=cwd, umask=FIRMWARE_UMASK, **popen)
+
+
 def start_firmware(plan: SimPlan, tty: str, reset_cause: str, args: argparse.Namespace
                    ) -> subprocess.Popen:
     command = [str(plan.micropython), "-X", f"heapsize={args.heap}", "-c", SIM_ENTRY]
     # A session of its own: the firmware's PTY becomes its controlling terminal, so if this
     # runner dies the PTY hangs up and the kernel's SIGHUP ends the firmware too.
-    proc = subprocess.Popen(command, env=plan.environment(tty, reset_cause, args.clock, args.seed),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            cwd=plan.state_dir, start_new_session=True)
+    proc = spawn_firmware(command, plan.environment(tty, reset_cause, args.clock, args.seed),
+                          plan.state_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          start_new_session=True)
     threading.Thread(target=_relay_output, args=(proc.stdout, "fw: "), daemon=True).start()
     return proc
 
@@ -259,7 +278,7 @@ def _print_info(plan: SimPlan, tty: str, as_json: bool) -> None:
 
 def run_sim(args: argparse.Namespace) -> int:
     plan = plan_sim(args)
-    plan.flash.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(plan.state_dir, plan.flash)
     plan.link.parent.mkdir(parents=True, exist_ok=True)
     plan.signals.parent.mkdir(parents=True, exist_ok=True)
     plan.signals.touch()

@@ -92,6 +92,11 @@ class Hal:
         """The bluetooth.BLE object, or None where there is no radio (simulation)."""
         raise NotImplementedError
 
+    def ble_uuid(self, value):
+        """A bluetooth.UUID (what gatts_register_services accepts) for a 16-bit int or a
+        128-bit UUID text; only the HAL may import `bluetooth`."""
+        raise NotImplementedError
+
     def wlan(self):
         """A network.WLAN station interface, or None where there is none."""
         raise NotImplementedError

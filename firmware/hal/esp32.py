@@ -168,6 +168,11 @@ class Esp32Hal(Hal):
 
         return bluetooth.BLE()
 
+    def ble_uuid(self, value):
+        import bluetooth
+
+        return bluetooth.UUID(value)
+
     def wlan(self):
         import network
 

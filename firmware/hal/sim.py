@@ -38,7 +38,8 @@ Environment (SimHal.from_environment): VB_SIM_SIGNALS (feed source), VB_SIM_FLAS
 (flash directory), VB_SIM_SERIAL (host serial link, e.g. a PTY the simulator opened in
 raw mode; becomes uart(0)), VB_SIM_CLOCK ("realtime", default, or "virtual"),
 VB_SIM_RESET_CAUSE, VB_SIM_UNIQUE_ID (hex), VB_SIM_SEED (integer: deterministic RNG and
-noise), VB_SIM_EPOCH (initial Unix time).
+noise), VB_SIM_EPOCH (initial Unix time), VB_SIM_BLE (the radio's bridge peer,
+tcp:HOST:PORT or unix:PATH, see sim_ble.py; unset: ble() is None, no radio).
 """
 
 import asyncio
@@ -372,7 +373,7 @@ class SimHal(Hal):
 
     def __init__(self, flash_dir="/tmp/vitalbridge-sim/flash", clock=None, signals=None,
                  serial=None, reset_cause="power-on", unique_id=b"\x02\x56\x42\x00\x00\x01",
-                 seed=None, devices=("max30102", "max30205", "bp")):
+                 seed=None, devices=("max30102", "max30205", "bp"), ble=None):
         if reset_cause not in RESET_CAUSES:
             raise ValueError("unknown reset cause %r" % (reset_cause,))
         self.clock = clock if clock is not None else SimClock()
@@ -401,6 +402,10 @@ class SimHal(Hal):
         self._buzzer = None
         self._watchdog = None
         self.feed = SignalFeed(signals, self.physiology, self._feed_event) if signals else None
+        if ble is not None and not (ble.startswith("tcp:") or ble.startswith("unix:")):
+            raise ValueError("ble must be tcp:HOST:PORT or unix:PATH, not %r" % (ble,))
+        self._ble_address = ble  # None: no radio
+        self._ble = None
 
     @classmethod
     def from_environment(cls):
@@ -418,6 +423,7 @@ class SimHal(Hal):
             reset_cause=env("VB_SIM_RESET_CAUSE") or "power-on",
             unique_id=binascii.unhexlify(unique_id) if unique_id else b"\x02\x56\x42\x00\x00\x01",
             seed=int(seed) if seed else None,
+            ble=env("VB_SIM_BLE") or None,
         )
 
     # --- simulation controls -----------------------------------------------------------
@@ -517,7 +523,18 @@ class SimHal(Hal):
         return int(self.physiology.battery_mv)
 
     def ble(self):
-        return None
+        """A SimBle bridged to VB_SIM_BLE's peer (one per board, like bluetooth.BLE()),
+        or None when no address was configured: the board has no radio."""
+        if self._ble is None and self._ble_address:
+            from firmware.hal.sim_ble import SimBle  # socket code only when a radio is asked for
+
+            self._ble = SimBle(self._ble_address)
+        return self._ble
+
+    def ble_uuid(self, value):
+        from firmware.hal.sim_ble import UUID
+
+        return UUID(value)
 
     def wlan(self):
         return None

@@ -99,7 +99,8 @@ def sim(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-c", LAUNCH, "firmware", "run-sim", "--state-dir",
          str(tmp_path / "state"), "--config", str(config), "--seed", "3", "--json"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        umask=0o022)  # a usual login umask: the launcher must still keep the keys private
     try:
         line = proc.stdout.readline()
         assert line.startswith("{"), line + (proc.stdout.read() if proc.poll() is not None
@@ -184,6 +185,15 @@ def test_run_sim_enrolls_handshakes_and_seals_verifiably(sim):
                                                   gw.session.session_id)
                          for e in events if not isinstance(e, dict)]
         assert "certificate-installed" in [e.name for e in sealed_events]
+    # Keys on the unix port: the launcher made the state dir 0700 and ran the firmware
+    # under umask 077, so the key files MicroPython created (it has no chmod) are 0600.
+    state = Path(info["flash"]).parent
+    key_files = sorted(Path(info["flash"]).rglob("*.key"))
+    assert len(key_files) >= 2  # the signing and the agreement key
+    for path in [state, Path(info["flash"])] + [p.parent for p in key_files]:
+        assert path.stat().st_mode & 0o777 == 0o700, (path, oct(path.stat().st_mode))
+    for path in key_files:
+        assert path.stat().st_mode & 0o777 == 0o600, (path, oct(path.stat().st_mode))
     # Stopping run-sim stops the firmware process too.
     flash = info["flash"]
     assert _firmware_processes(flash)
@@ -215,7 +225,7 @@ def test_deploy_staging_compiles_every_board_module(tmp_path):
                  "protocol/__init__.mpy", "firmware/transport/uart.mpy", "main.py"):
         assert must in names
     for host_only in ("firmware/hal/sim.mpy", "firmware/hal/sim_devices.mpy",
-                      "firmware/main.mpy"):
+                      "firmware/hal/sim_ble.mpy", "firmware/main.mpy"):
         assert host_only not in names
     assert not any("test" in n.split("/")[0] for n in names)
     for name in names - {"main.py"}:
