@@ -4,6 +4,8 @@
                                 [--data-dir DIR] [--lifetime-days N] [--actor NAME] [--json]
   vitalbridge gateway install-cert RESPONSE [--data-dir DIR] [--actor NAME] [--json]
   vitalbridge gateway show [--data-dir DIR] [--at ISO] [--json]
+  vitalbridge gateway renew [--ca-dir DIR | --response FILE] [--force] [--actor NAME] [--json]
+  vitalbridge gateway verify-reseals [--data-dir DIR] [--json]
 
 provision generates the gateway's keys HERE (Ed25519 signing, X25519 agreement, P-256 for
 the broker's TLS), into 0600 files in a 0700 directory, and writes a request signed with
@@ -55,6 +57,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     install.add_argument("response", help="the response file from `ca sign-request`")
     common.action(actions, "show", "this gateway's identity and certificate states", run_show,
                   at=True)
+    renew = common.action(actions, "renew", "new gateway keys and certificates; the old "
+                          "ones are retired and destroyed within ten days", run_renew,
+                          actor=True)
+    source = renew.add_mutually_exclusive_group()
+    source.add_argument("--ca-dir", help="a CA directory on this machine (labs and tests): "
+                        "sign and install at once")
+    source.add_argument("--response", help="install the CA's response to the renewal request")
+    renew.add_argument("--force", action="store_true",
+                       help="renew although the certificate is not due yet")
+    renew.add_argument("--lifetime-days", type=int, default=365,
+                       help="certificate lifetime with --ca-dir (default 365)")
+    common.action(actions, "verify-reseals", "check the re-seal table: data of destroyed "
+                  "keys still verifiable", run_verify_reseals)
 
 
 def parse_broker(text: str) -> tuple[str, int]:
@@ -424,3 +439,221 @@ def run_show(args: argparse.Namespace) -> int:
                       common.day(cert["expires"]))
     out.print(table)
     return 0
+
+
+# -- renewal (docs/keys-and-certificates.md "Gateway renewal") ---------------------------------
+
+RENEWAL_REQUEST = "gateway-renewal.cose"
+_KEY_FILES = (common.SIGNING_KEY, common.AGREEMENT_KEY, common.BROKER_KEY)
+
+
+def _renewal_refusal(directory: Path, gateway_id: str, now: int, force: bool) -> None:
+    from edge_agent.lifecycle.engine import LifecycleEngine
+
+    with common.open_registry(directory) as registry, common.refusals():
+        refusal = LifecycleEngine(registry).gateway_renewal_refusal(gateway_id, now, force)
+    if refusal is not None:
+        raise CommandError(f"renewal refused: {refusal}")
+
+
+def run_renew(args: argparse.Namespace) -> int:
+    directory = common.data_dir(args)
+    who = common.actor(args)
+    identity = common.load_gateway(directory)
+    now = common.now()
+    certs = directory / common.CERTS_DIR
+    if args.response is None:
+        _renewal_refusal(directory, identity.gateway_id, now, args.force)
+        request = _new_pending_keys(identity, who, now)
+        if args.ca_dir is None:
+            result = {"gateway_id": identity.gateway_id, "state": "awaiting-certificate",
+                      "request": str(certs / RENEWAL_REQUEST)}
+            common.output(args, result,
+                          f"[yellow]gateway {identity.gateway_id}: new keys generated, "
+                          "waiting for certificates.[/]",
+                          f"  1. take {result['request']} to the CA: `vitalbridge ca "
+                          f"sign-request {result['request']} --dir CA --out renewal.response`",
+                          "  2. run `vitalbridge gateway renew --response renewal.response`")
+            return 0
+        from edge_agent.commands.ca import sign_gateway_request
+
+        with common.refusals():
+            _, response = sign_gateway_request(Path(args.ca_dir), request, now,
+                                               args.lifetime_days)
+    else:
+        response = read_file("--response", args.response)
+    result = install_renewal(identity, response, who, now, force=True if args.response
+                             else args.force)
+    if args.json:
+        common.print_json(result)
+        return 0
+    out = common.console()
+    out.print(f"[green]gateway {identity.gateway_id} renewed[/]: new signing key "
+              f"{result['signing_kid']}, certificate until {result['certificate_expires']}")
+    out.print(f"  retired {', '.join(result['retired_kids'])}: destroyed by "
+              f"{result['destroy_by']} at the latest, after their data is re-sealed")
+    out.print("  [bold]restart the agent[/] (`systemctl restart vitalbridge-agent`) to use "
+              "the new keys")
+    if result["devices_to_renew"]:
+        out.print(f"  renew these devices before {result['destroy_by']} "
+                  f"(`vitalbridge device renew`): {', '.join(result['devices_to_renew'])}")
+    return 0
+
+
+def _new_pending_keys(identity: common.GatewayIdentity, who: str, now: int) -> bytes:
+    """New keys in keys/pending/ and the request signed with them (certs/gateway-renewal)."""
+    from edge_agent.ca import keyfiles, org_ca
+    from edge_agent.commands.ca import make_gateway_request
+    from edge_agent.lifecycle import gateway_keys
+    from protocol import crypto
+
+    keys_dir = identity.path(common.KEYS_DIR)
+    with common.refusals():
+        pending = gateway_keys.pending_dir(keys_dir)
+        seed = crypto.random_bytes(32)
+        agreement = crypto.random_bytes(32)
+        tls_key = org_ca.new_tls_key()
+        # replace=True: an abandoned earlier attempt is superseded; nothing was certified
+        keyfiles.save_ed25519_seed(pending / common.SIGNING_KEY, seed, replace=True)
+        keyfiles.save_x25519_private(pending / common.AGREEMENT_KEY, agreement, replace=True)
+        keyfiles.save_private_key(pending / common.BROKER_KEY, tls_key, replace=True)
+        csr = org_ca.tls_request(identity.gateway_id, tls_key)
+        request = make_gateway_request(identity.gateway_id, seed,
+                                       crypto.x25519_public_key(agreement), csr, now)
+        keyfiles.write_public(identity.path(common.CERTS_DIR, RENEWAL_REQUEST), request)
+    pending_identity = common.GatewayIdentity(identity.directory, identity.gateway_id,
+                                              "pending", seed, agreement)
+    common.journal(identity, _generated_entries(pending_identity, tls_key, who), at=now)
+    return request
+
+
+def install_renewal(identity: common.GatewayIdentity, response: bytes, who: str, now: int,
+                    *, force: bool) -> dict[str, Any]:
+    """Check the CA's response against the pending keys, record it (the lifecycle engine
+    retires the previous generation), swap the key files, write the certificates."""
+    from cryptography import x509
+
+    from edge_agent.ca import keyfiles
+    from edge_agent.commands.ca import read_gateway_response
+    from edge_agent.lifecycle import gateway_keys, states
+    from edge_agent.lifecycle.engine import LifecycleEngine
+    from edge_agent.registry import tls_key_id
+    from protocol import cose, crypto, cwt
+    from protocol.errors import ProtocolError
+
+    directory = identity.directory
+    certs = directory / common.CERTS_DIR
+    keys_dir = directory / common.KEYS_DIR
+    request_path = certs / RENEWAL_REQUEST
+    if not request_path.is_file():
+        raise CommandError("no renewal in progress: run `vitalbridge gateway renew` first")
+    ca_cert = cwt.parse_cwt((certs / common.CA_CERT).read_bytes())
+    try:
+        answer = read_gateway_response(response, ca_cert.public_key)
+    except ProtocolError as exc:
+        raise CommandError(f"the response is not signed by the organisation CA "
+                           f"({ca_cert.subject!r}): {exc}") from None
+    if answer.gateway_id != identity.gateway_id or \
+            answer.request_digest != crypto.sha256(request_path.read_bytes()):
+        raise CommandError("the response answers another request; sign this gateway's "
+                           f"{common.CERTS_DIR}/{RENEWAL_REQUEST} and try again")
+    pending = keys_dir / gateway_keys.PENDING_DIR
+    with common.refusals():
+        seed = keyfiles.load_ed25519_seed(pending / common.SIGNING_KEY)
+        broker_key = keyfiles.load_ec_key(pending / common.BROKER_KEY)
+        tls = x509.load_pem_x509_certificate(answer.tls_certificate_pem)
+    new_cert = cwt.parse_cwt(answer.certificate)
+    if new_cert.public_key != crypto.ed25519_public_key(seed) or \
+            _tls_kid(tls.public_key()) != _tls_kid(broker_key.public_key()):
+        raise CommandError("the response certifies keys this gateway did not generate for "
+                           "this renewal")
+    _check_clock(new_cert.not_before, new_cert.expires, now, "the new gateway certificate")
+    with common.open_registry(directory) as registry:
+        old = {purpose: registry.current_key("gateway", identity.gateway_id, purpose, now)
+               for purpose in ("signing", "agreement", "tls-client")}
+        if any(key is None for key in old.values()):
+            raise CommandError("the registry lacks one of this gateway's current keys; "
+                               "provision it again")
+        current = {common.SIGNING_KEY: old["signing"].kid,
+                   common.AGREEMENT_KEY: old["agreement"].kid,
+                   common.BROKER_KEY: old["tls-client"].kid}
+        with common.refusals():
+            retired = gateway_keys.swap_in_pending(keys_dir, current)
+            try:
+                LifecycleEngine(registry).renew_gateway(
+                    identity.gateway_id, answer.certificate, answer.tls_certificate_pem,
+                    who, now, force=force)
+            except BaseException:
+                _swap_back(keys_dir, current)
+                raise
+        old_issuer = cose.key_id(identity.public_key)
+        devices = [d.id for d in registry.devices(gateway_id=identity.gateway_id,
+                                                  status="active")
+                   if _issued_by(registry, d.id, old_issuer, now)]
+        tls_record = registry.certificate_of_key(tls_key_id(tls), "x509")
+    keyfiles.write_public(certs / common.GATEWAY_CERT, answer.certificate)
+    keyfiles.write_public(certs / common.BROKER_CERT, answer.tls_certificate_pem)
+    keyfiles.write_public(certs / common.TLS_CA_CERT, answer.tls_ca_pem)
+    request_path.unlink()
+    renewed = common.load_gateway(directory)
+    data = common.read_gateway_file(directory) or {}
+    data.update(renewed_at=common.iso(now), renewed_by=who)
+    common.write_gateway_file(directory, data)
+    entries = _installed_entries(renewed, answer.certificate, new_cert,
+                                 answer.tls_certificate_pem, tls_record.kid,
+                                 data.get("broker", {}), who)[:-1]  # broker unchanged
+    new_kids = {"signing": new_cert.key_id.hex(), "agreement": _agreement_kid(renewed),
+                "tls-client": tls_record.kid}
+    for purpose, key in old.items():
+        owner = identity.gateway_id
+        entries.append(("key.renewal", who, f"key:{key.kid}",
+                        {"key_id": key.kid, "new_key_id": new_kids[purpose], "owner": owner}))
+        entries.append(("key.retired", who, f"key:{key.kid}",
+                        {"key_id": key.kid, "owner": owner,
+                         "reason": f"superseded by {new_kids[purpose]}"}))
+    common.journal(renewed, entries, at=now)
+    return {"gateway_id": identity.gateway_id, "state": ACTIVE,
+            "signing_kid": new_kids["signing"], "new_keys": new_kids,
+            "certificate_expires": common.iso(new_cert.expires),
+            "tls_certificate_expires": common.iso(tls_record.expires),
+            "retired_kids": [k.kid for k in old.values()],
+            "retired_files": [str(p) for p in retired],
+            "destroy_by": common.iso(now + states.DESTRUCTION_WINDOW),
+            "devices_to_renew": devices, "restart_required": True}
+
+
+def _swap_back(keys_dir: Path, current: dict[str, str]) -> None:
+    """Undo swap_in_pending after the registry refused the renewal."""
+    import os
+
+    from edge_agent.lifecycle import gateway_keys
+
+    for name, kid in current.items():
+        os.replace(keys_dir / name, keys_dir / gateway_keys.PENDING_DIR / name)
+        os.replace(keys_dir / gateway_keys.RETIRED_DIR / f"{kid}.key", keys_dir / name)
+
+
+def _issued_by(registry: Any, device_id: str, issuer_kid: bytes, now: int) -> bool:
+    """Was the device's current certificate signed by the gateway key `issuer_kid`?"""
+    from protocol import cwt
+
+    key = registry.current_key("device", device_id, "signing", now)
+    if key is None:
+        return False
+    raw = registry.certificate_of_key(key.kid, "cwt").raw
+    return cwt.parse_cwt(raw).issuer_kid == issuer_kid
+
+
+def run_verify_reseals(args: argparse.Namespace) -> int:
+    from edge_agent.reseal.keeper import verify_reseals
+
+    directory = common.data_dir(args)
+    identity = common.load_gateway(directory)
+    with common.open_registry(directory) as registry:
+        result = verify_reseals(directory, identity.gateway_id, registry)
+    lines = [f"{'[green]pass' if result['verdict'] == 'pass' else '[bold red]fail'}[/]: "
+             f"{result['verified']} of {result['statements']} re-seal statements verified, "
+             f"{result['destroyed_keys']} destroyed keys checked"]
+    lines += [f"  {p['ref']}: {p['reason']}" for p in result["problems"]]
+    common.output(args, result, *lines)
+    return 0 if result["verdict"] == "pass" else common.FAILED

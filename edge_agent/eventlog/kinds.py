@@ -151,7 +151,8 @@ KID = FieldType("key id", _pattern(_HEX16, "a key id as 16 lower-case hex digits
                 secret_name_ok=True)
 
 GRADE = _enum("red", "orange", "yellow", "blue")
-TRANSPORT = _enum("ble", "serial", "wifi")
+# ALARM-2: "manual" = values a person entered through the inbox (docs/manual-entry.md)
+TRANSPORT = _enum("ble", "serial", "wifi", "manual")
 
 
 # ---------------------------------------------------------------- kinds
@@ -206,6 +207,11 @@ _kind("key.renewal", "a key replaced by a new one",
       {"key_id": KID, "new_key_id": KID, "owner": IDENT}, {"reason": TEXT})
 _kind("key.retired", "a key taken out of use", {"key_id": KID, "owner": IDENT}, {"reason": TEXT})
 _kind("key.destroyed", "a retired key's private part erased", {"key_id": KID, "owner": IDENT})
+# RENEWAL helper: before a retired key is destroyed, what only it could verify is re-sealed
+# by the current gateway key (edge_agent/reseal, docs/keys-and-certificates.md).
+_kind("key.resealed", "items verifiable only with a retired key re-sealed by the current one",
+      {"key_id": KID, "new_key_id": KID, "owner": IDENT, "items": COUNT, "valid": COUNT},
+      {"invalid": COUNT, "wiped": COUNT, "failed": COUNT, "digest": DIGEST, "reason": TEXT})
 _kind("key.revoked", "a key withdrawn", {"key_id": KID, "owner": IDENT, "reason": TEXT})
 _kind("key.compromised", "a key known or suspected exposed (e.g. broken tamper seal)",
       {"key_id": KID, "owner": IDENT, "reason": TEXT})

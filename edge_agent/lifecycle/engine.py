@@ -275,6 +275,59 @@ class LifecycleEngine:
         return self._emit(LifecycleEvent("renewed", "notice", "device", device_id, now, actor,
                                          f"new key {new.kid}", kids, (new.serial,)))
 
+    def gateway_renewal_refusal(self, gateway_id: str, now: int,
+                                force: bool = False) -> str | None:
+        """Why this gateway must not be renewed now (None: go ahead). A compromised or revoked
+        gateway is re-provisioned, never renewed: its new keys would be vouched for by a
+        request an attacker may have signed. Without `force`, only a renewal-due, expiring or
+        expired certificate is renewed."""
+        reg = self.registry
+        gateway = reg.gateway(gateway_id)
+        if gateway.status != "active":
+            return (f"gateway {gateway_id!r} is {gateway.status} (since {gateway.ended_at}); "
+                    "provision a new gateway instead")
+        for key in reg.keys("gateway", gateway_id):
+            if key.facts.compromised is not None or key.facts.revoked is not None:
+                step = "compromised" if key.facts.compromised is not None else "revoked"
+                return (f"gateway {gateway_id!r} key {key.kid} was {step}; a compromised "
+                        "gateway is not renewed: retire it and provision a new one")
+        signing = reg.current_key("gateway", gateway_id, "signing", now)
+        if signing is None:
+            return f"gateway {gateway_id!r} has no current signing key; provision it again"
+        state = signing.state(now)
+        if not force and state not in (states.RENEWAL_DUE, states.EXPIRING, states.EXPIRED):
+            return (f"gateway certificate is {state} until {states.expiring_at(signing.facts)} "
+                    "(renewal is due at two thirds of its lifetime); use --force to renew now")
+        return None
+
+    def renew_gateway(self, gateway_id: str, certificate: bytes, tls_certificate: bytes | None,
+                      actor: str, now: int, *, force: bool = False) -> LifecycleEvent:
+        """Record the gateway's new CWT (signing + agreement keys generated on the gateway)
+        and TLS client certificate, then retire the previous generation: signing key,
+        agreement key and TLS client key with their certificates. The retired keys are then
+        destroyed within ten days (after their data was re-sealed, edge_agent.reseal); device
+        certificates the old signing key issued stay valid (a superseded issuer still
+        vouches) until those devices are renewed."""
+        reg = self.registry
+        refusal = self.gateway_renewal_refusal(gateway_id, now, force)
+        if refusal is not None:
+            raise ConflictError("gateway_id", refusal)
+        previous = [reg.current_key("gateway", gateway_id, p, now)
+                    for p in ("signing", "tls-client")]
+        with reg.transaction():
+            new = reg.add_gateway_certificate(gateway_id, certificate, actor=actor, now=now)
+            serials = [new.serial]
+            if tls_certificate is not None:
+                serials.append(reg.add_gateway_tls_certificate(
+                    gateway_id, tls_certificate, actor=actor, now=now).serial)
+            old: list[KeyRecord] = []
+            for key in previous:
+                if key is not None:
+                    old += reg.keys_used_with(key.kid)
+            kids, _ = self._retire(old, actor, now, f"superseded by {new.kid}")
+        return self._emit(LifecycleEvent("renewed", "notice", "gateway", gateway_id, now,
+                                         actor, f"new key {new.kid}", kids, tuple(serials)))
+
     # -- scheduled work -------------------------------------------------------------------
 
     def tick(self, now: int, destroyer: Destroyer | None = None) -> TickResult:
