@@ -66,6 +66,10 @@ def acl_rules(centre_name: str = DEFAULT_CENTRE_NAME) -> str:
     ])
 
 
+# Bytes of one MQTT packet the broker accepts (headers included); see render_config.
+MAX_PACKET_SIZE = 256 * 1024
+
+
 def tls_listener_options(files: TLSFiles) -> list[str]:
     """The lines that follow a `listener` line to make it the certificate-only TLS listener."""
     return [
@@ -104,6 +108,10 @@ def render_config(*, files: TLSFiles, acl_file: str | os.PathLike[str],
         # when unlimited (design brief).
         "max_queued_messages 10000",
         "max_inflight_messages 100",
+        # No legitimate message comes near this: one publish carries one journal row (a
+        # device message <= 8 KiB reassembled, or a small event/alarm body); without a cap a
+        # gateway could push up to MQTT's 256 MiB through the broker into the centre.
+        f"max_packet_size {MAX_PACKET_SIZE}",
     ]
     if persistence_dir is None:
         lines.append("persistence false")
