@@ -113,6 +113,7 @@ class BleSettings:
 class JournalSettings:
     retention_days: float = 365.0
     disk_budget_mb: float | None = None
+    housekeeping_s: float = 60.0  # how often retention and the disk budget are enforced
 
     @property
     def retention_s(self) -> float:
@@ -490,10 +491,11 @@ class _Reader:
 
     def journal(self, doc: Mapping[str, Any]) -> JournalSettings:
         table = self.table(doc, "journal", "journal") or {}
-        self.known(table, "journal", ("retention_days", "disk_budget_mb"))
+        self.known(table, "journal", ("retention_days", "disk_budget_mb", "housekeeping_s"))
         return JournalSettings(
             self.number(table, "retention_days", "journal", 0.0, default=365.0, above=True),
-            self.number(table, "disk_budget_mb", "journal", 1.0, default=None))
+            self.number(table, "disk_budget_mb", "journal", 1.0, default=None),
+            self.number(table, "housekeeping_s", "journal", 0.5, 3600.0, default=60.0))
 
     def alarms(self, doc: Mapping[str, Any]) -> AlarmSettings:
         table = self.table(doc, "alarms", "alarms") or {}

@@ -2,6 +2,7 @@
 
   vitalbridge sim fleet --gateways G --devices-per-gateway D --duration S --faults LIST
                         --seed N --report DIR [--rate HZ] [--drain-timeout S]
+                        [--ble-per-gateway B]
 
 LIST: comma-separated fault names or `all` (docs/fleet.md says what each one does).
 Writes DIR/report.json and DIR/report.html. Exit status: 0 when nothing was lost or
@@ -19,6 +20,7 @@ from simulator.fleet.faults import FAULT_NAMES, NOT_BUILT
 
 MAX_GATEWAYS = 50
 MAX_DEVICES_PER_GATEWAY = 20
+MAX_BLE_PER_GATEWAY = 4  # ble_ingest's default max_connections
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="measurements per second per device (0 < HZ <= 20; default 1)")
     parser.add_argument("--drain-timeout", type=float, default=60.0,
                         help="seconds the backlog may take to drain after the run (default 60)")
+    parser.add_argument("--ble-per-gateway", type=int, default=1,
+                        help="sealing BLE devices per gateway, on a virtual radio inside the "
+                        f"gateway process (0..{MAX_BLE_PER_GATEWAY}; default 1)")
     parser.set_defaults(handler=run)
 
 
@@ -58,13 +63,17 @@ def check_arguments(args: argparse.Namespace) -> tuple[str, ...]:
     bounded("duration", args.duration, 15, 7 * 86400)
     bounded("rate", args.rate, 0.01, 20)
     bounded("drain-timeout", args.drain_timeout, 1, 86400)
+    bounded("ble-per-gateway", args.ble_per_gateway, 0, MAX_BLE_PER_GATEWAY)
     report = Path(args.report)
     if report.exists() and not report.is_dir():
         raise CommandError(f"--report {report} exists and is not a directory")
     try:
-        return parse_faults(args.faults)
+        faults = parse_faults(args.faults)
     except FaultSpecError as exc:
         raise CommandError(str(exc)) from None
+    if "ble-disconnect" in faults and args.ble_per_gateway == 0 and args.faults != "all":
+        raise CommandError("fault 'ble-disconnect' needs --ble-per-gateway >= 1")
+    return faults
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
 
     faults = check_arguments(args)
     options = FleetOptions(args.gateways, args.devices_per_gateway, args.duration, faults,
-                           args.seed, args.rate, args.drain_timeout)
+                           args.seed, args.rate, args.drain_timeout,
+                           ble_per_gateway=args.ble_per_gateway)
     console = Console(stderr=True)
     bar = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                    console=console, disable=not console.is_terminal)

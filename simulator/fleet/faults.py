@@ -15,8 +15,9 @@ FAULT_NAMES = (
     "device-reboot", "clock-skew", "disk-full", "slow-consumer", "ble-disconnect",
 )
 # Named in the interface but not built (docs/fleet.md): asked for explicitly, it is refused;
-# `all` leaves it out.
-NOT_BUILT = frozenset({"ble-disconnect"})
+# `all` leaves it out. Every fault is built now.
+NOT_BUILT: frozenset[str] = frozenset()
+BLE_DISCONNECT_MODES = ("terminate", "out-of-range")
 BROKER_FAULTS = frozenset({"broker-restart", "broker-outage"})
 GATEWAY_FAULTS = frozenset({"agent-kill", "disk-full"})
 
@@ -31,6 +32,7 @@ class PlannedFault:
     at: float  # seconds from run start
     duration_s: float  # how long the fault lasts (0: instantaneous)
     target: str  # "broker", "centre", a gateway id or a device id
+    mode: str = ""  # ble-disconnect: one of BLE_DISCONNECT_MODES
 
 
 def parse_faults(text: str) -> tuple[str, ...]:
@@ -62,14 +64,19 @@ class FaultTiming:
     skew_for_s: float = 5.0
     slow_for_s: float = 5.0
     slow_delay_s: float = 0.02  # slow-consumer: the centre pauses this long per message
+    storm_size: int = 4  # ble-disconnect: forced disconnects per storm
+    storm_gap_s: tuple[float, float] = (1.0, 2.0)  # between two disconnects of a storm
+    out_of_range_s: float = 2.0  # an out-of-range disconnect: no radio path this long
 
 
 def plan_faults(names: tuple[str, ...], duration_s: float, gateways: list[str],
                 devices: list[str], rng: random.Random, timing: FaultTiming = FaultTiming(),
-                skew_devices: list[str] | None = None) -> list[PlannedFault]:
-    """When and where each fault strikes. Every named fault happens at least once; the
-    broker faults never overlap each other and disk-full never overlaps a broker fault
-    (its budget is sized from rows the centre has receipted, docs/fleet.md)."""
+                skew_devices: list[str] | None = None,
+                ble_devices: list[str] | None = None) -> list[PlannedFault]:
+    """When and where each fault strikes. Every named fault happens at least once (the
+    BLE one when there are BLE devices); the broker faults never overlap each other and
+    disk-full never overlaps a broker fault (its budget is sized from rows the centre has
+    receipted, docs/fleet.md)."""
     start, end = timing.lead_in_s, max(timing.lead_in_s + 1.0, duration_s - timing.tail_s)
     window = end - start
     outage = min(timing.outage_s, max(2.0, window / 4))
@@ -102,8 +109,29 @@ def plan_faults(names: tuple[str, ...], duration_s: float, gateways: list[str],
         for _ in range(max(1, len(pool) // 3)):
             plan.append(PlannedFault(name, start + rng.uniform(0, window - length), length,
                                      rng.choice(pool)))
+    if "ble-disconnect" in names and ble_devices:
+        plan += _storms(ble_devices, start, window, rng, timing)
     if "slow-consumer" in names:
         plan.append(PlannedFault("slow-consumer", start + rng.uniform(0, window
                                                                        - timing.slow_for_s),
                                  timing.slow_for_s, "centre"))
     return sorted(plan, key=lambda fault: (fault.at, fault.name, fault.target))
+
+
+def _storms(ble_devices: list[str], start: float, window: float, rng: random.Random,
+            timing: FaultTiming) -> list[PlannedFault]:
+    """Storms of forced disconnects: `storm_size` at one device, each `storm_gap_s` after
+    the device is back in range, modes alternating from a random first one; one storm per
+    two BLE devices (at least one), each at a different device."""
+    plan = []
+    low, high = timing.storm_gap_s
+    longest = (timing.storm_size - 1) * high + timing.storm_size * timing.out_of_range_s
+    for target in rng.sample(ble_devices, max(1, (len(ble_devices) + 1) // 2)):
+        at = start + rng.uniform(0, max(0.0, window - longest))
+        first_mode = rng.randrange(len(BLE_DISCONNECT_MODES))
+        for index in range(timing.storm_size):
+            mode = BLE_DISCONNECT_MODES[(first_mode + index) % len(BLE_DISCONNECT_MODES)]
+            length = timing.out_of_range_s if mode == "out-of-range" else 0.0
+            plan.append(PlannedFault("ble-disconnect", at, length, target, mode))
+            at += length + rng.uniform(low, high)
+    return plan

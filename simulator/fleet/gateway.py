@@ -1,13 +1,17 @@
-"""One fleet gateway as an OS process: its gateway.toml, start, SIGKILL, graceful restart.
+"""One fleet gateway as an OS process: its gateway.toml, start, SIGKILL, graceful restart,
+and the control socket its BLE devices take forced disconnects from.
 
-The process is simulator.fleet.launcher (the real AgentService). Killing it is a real
-SIGKILL; the journal on disk is what survives, as on a gateway that loses its process.
+The process is simulator.fleet.launcher (the real AgentService, plus its BLE devices on a
+virtual radio). Killing it is a real SIGKILL; the journal and the BLE devices' flash files
+on disk are what survive, as on a gateway that loses its process.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -15,12 +19,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 HOUSEKEEPING_S = 2.0  # the agent's is 60 s: a fleet run compresses time
+CONTROL_TIMEOUT_S = 2.0
 
 
 def gateway_toml(gateway_id: str, data_dir: Path, broker_port: int,
-                 serial: list[tuple[str, Path]]) -> str:
+                 serial: list[tuple[str, Path]], ble: list[tuple[str, str]] = ()) -> str:
     """The configuration the fleet gives every gateway: quick receipt re-sends (the
-    broker faults last seconds, not minutes), one serial port per device."""
+    broker faults last seconds, not minutes), housekeeping every HOUSEKEEPING_S, one serial
+    port per serial device, one BLE entry (by address) per BLE device."""
     ports = "".join(f"""
 [[serial]]
 name = "port-{device}"
@@ -28,6 +34,12 @@ device = "{device}"
 driver = "vitalbridge"
 path = "{path}"
 """ for device, path in serial)
+    ports += "".join(f"""
+[[ble.devices]]
+name = "ble-{device}"
+device = "{device}"
+address = "{address}"
+""" for device, address in ble)
     return f"""\
 [gateway]
 id = "{gateway_id}"
@@ -43,6 +55,9 @@ receipt_timeout_s = 3.0
 sweep_interval_s = 0.5
 stop_timeout_s = 2.0
 
+[journal]
+housekeeping_s = {HOUSEKEEPING_S}
+
 [eventlog]
 checkpoint_interval_s = 5.0
 
@@ -55,8 +70,11 @@ format = "json"
 class GatewayProcess:
     """Start/kill/restart one agent process. Called from one thread (the fleet's)."""
 
-    def __init__(self, gateway_id: str, config: Path, data_dir: Path, log: Path) -> None:
+    def __init__(self, gateway_id: str, config: Path, data_dir: Path, log: Path,
+                 ble_spec: Path | None = None, control: Path | None = None) -> None:
         self.gateway_id = gateway_id
+        self.ble_spec = ble_spec
+        self.control = control
         self.config = config
         self.data_dir = data_dir
         self.log = log
@@ -73,8 +91,9 @@ class GatewayProcess:
     def start(self) -> None:
         if self.running:
             return
-        command = [sys.executable, "-m", "simulator.fleet.launcher", "--config", str(self.config),
-                   "--housekeeping-s", str(HOUSEKEEPING_S)]
+        command = [sys.executable, "-m", "simulator.fleet.launcher", "--config", str(self.config)]
+        if self.ble_spec is not None and self.control is not None:
+            command += ["--ble-spec", str(self.ble_spec), "--control", str(self.control)]
         if self.disk_budget_bytes is not None:
             command += ["--disk-budget-bytes", str(self.disk_budget_bytes)]
         with self.log.open("ab") as log:
@@ -114,6 +133,23 @@ class GatewayProcess:
         self.exit_codes.append(code)
         self.process = None
         return code
+
+    def disconnect(self, device: str, how: str, for_s: float) -> dict[str, object]:
+        """Ask the process to force `device` off the air; its answer (`ok`, `links` it had,
+        ...) or {"ok": False, "error": ...} when the process is down or does not answer."""
+        if not self.running or self.control is None:
+            return {"ok": False, "error": "the gateway process is down"}
+        request = json.dumps({"op": "disconnect", "device": device, "how": how,
+                              "for_s": for_s}) + "\n"
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(CONTROL_TIMEOUT_S)
+                sock.connect(str(self.control))
+                sock.sendall(request.encode())
+                answer = sock.makefile("rb").readline()
+            return json.loads(answer)
+        except (OSError, ValueError) as exc:  # starting, just killed, or no answer in time
+            return {"ok": False, "error": f"control socket: {exc!r}"}
 
     def restart_with_budget(self, budget_bytes: int) -> None:
         self.disk_budget_bytes = budget_bytes

@@ -2,13 +2,17 @@
 
 Real parts: mosquitto (simulator.broker), the reference centre (simulator.centre), one
 agent process per gateway (simulator.fleet.launcher), sealing devices on PTYs
-(simulator.fleet.devices). The run: start everything, inject the planned faults while the
-devices measure, stop measuring, put every part back up and let the backlog drain (bounded
-by the drain timeout), then compare the devices' truth with the centre's store.
+(simulator.fleet.devices) and sealing BLE devices on a virtual radio inside each gateway
+process (simulator.fleet.ble_device; their truth is read from their flash files).
+The run: start everything, inject the planned faults while the devices measure, stop
+measuring, put every part back up and let the backlog drain (bounded by the drain
+timeout), then compare the devices' truth with the centre's store.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import shutil
 import tempfile
@@ -25,7 +29,8 @@ from simulator.agent_home import Home, provision_home
 from simulator.broker import Broker
 from simulator.centre import Centre, CentreConfig, TrustAnchor
 from simulator.fleet import oracle
-from simulator.fleet.devices import FleetDevice, Vitals, stable_vitals
+from simulator.fleet.ble_device import BleDeviceSpec, DeviceFlash
+from simulator.fleet.devices import FleetDevice, Sealed, Vitals, stable_vitals
 from simulator.fleet.faults import FaultTiming, PlannedFault, plan_faults
 from simulator.fleet.gateway import GatewayProcess, gateway_toml
 from simulator.report import FaultRecord, RunRecord, Sample
@@ -52,10 +57,29 @@ class FleetOptions:
     rate_hz: float = 1.0
     drain_timeout_s: float = 60.0
     timing: FaultTiming = field(default_factory=FaultTiming)
+    ble_per_gateway: int = 1  # sealing BLE devices per gateway, besides the serial ones
 
 
 def gateway_ids(count: int) -> list[str]:
     return [f"gw-{index + 1:02d}" for index in range(count)]
+
+
+def ble_address(gateway: int, device: int) -> str:
+    """A static random address (top bits 11) per BLE device, the same after each restart."""
+    return f"D1:00:00:00:{gateway + 1:02X}:{device + 1:02X}"
+
+
+@dataclass(frozen=True)
+class BleDevice:
+    """A BLE device as the fleet process sees it: where it lives and its flash file."""
+
+    device_id: str
+    gateway: str
+    address: str
+    flash: Path
+
+    def flash_now(self) -> DeviceFlash:
+        return DeviceFlash.load(self.flash)
 
 
 def scenario_vitals(drop_at_s: float, seed: int) -> Vitals:
@@ -88,7 +112,8 @@ class FleetRun:
         self.notes: list[str] = []
         self.homes: dict[str, Home] = {}
         self.gateways: dict[str, GatewayProcess] = {}
-        self.devices: dict[str, FleetDevice] = {}
+        self.devices: dict[str, FleetDevice] = {}  # the serial ones
+        self.ble: dict[str, BleDevice] = {}
         self.ptys: list[PtySerialDevice] = []
         self.patients: dict[str, str] = {}
         self.scenario_devices: list[str] = []
@@ -112,8 +137,8 @@ class FleetRun:
                                          gap_deadline_s=self.options.drain_timeout_s + 120,
                                          tick_s=0.2, synchronous="NORMAL")).start()
             view = oracle.CentreView(work / "centre.db")
-            self._start_gateways(work, broker.port)
             self.run_start = time.time()
+            self._start_gateways(work, broker.port)
             self._start_devices()
             self._schedule(broker, centre)
             self._play(view)
@@ -149,28 +174,59 @@ class FleetRun:
                 self.patients[device] = patient
                 if d == 0:
                     self.scenario_devices.append(device)
+            for b in range(options.ble_per_gateway):
+                device, patient = f"{gw}-ble{b + 1}", f"p-{g + 1:02d}-b{b + 1}"
+                members.append((device, patient))
+                self.patients[device] = patient
+                self.ble[device] = BleDevice(device, gw, ble_address(g, b),
+                                             work / gw / f"flash-{device}.json")
             self.homes[gw] = provision_home(work / gw / "data", gw, members)
 
     def _start_gateways(self, work: Path, port: int) -> None:
         for gw, home in self.homes.items():
             ports = []
             for device in home.devices:
+                if device in self.ble:
+                    continue
                 pty = PtySerialDevice(work / gw / f"tty-{device}", write_timeout=0.2)
                 pty.plug()
                 self.ptys.append(pty)
                 ports.append((device, pty.path))
+            radio = [(d.device_id, d.address) for d in self.ble.values() if d.gateway == gw]
             config = work / gw / "gateway.toml"
-            config.write_text(gateway_toml(gw, home.data_dir, port, ports))
-            process = GatewayProcess(gw, config, home.data_dir, work / gw / "agent.log")
+            config.write_text(gateway_toml(gw, home.data_dir, port, ports, radio))
+            spec = control = None
+            if radio:
+                spec, control = work / gw / "ble.json", work / gw / "control.sock"
+                self._write_ble_spec(spec, home)
+            process = GatewayProcess(gw, config, home.data_dir, work / gw / "agent.log",
+                                     spec, control)
             process.start()
             self.gateways[gw] = process
+
+    def _write_ble_spec(self, path: Path, home: Home) -> None:
+        """The BLE devices' keys and parameters for the gateway process (mode 0600: it
+        holds device keys, as the devices' own flash would)."""
+        options = self.options
+        specs = []
+        for device in (d for d in self.ble.values() if d.gateway == home.gateway_id):
+            keys = home.devices[device.device_id]
+            specs.append(BleDeviceSpec(
+                device.device_id, device.address, keys.seed, keys.agreement,
+                home.gateway_x25519_public, device.flash,
+                zlib.crc32(f"{options.seed}:{device.device_id}".encode()), self.run_start,
+                options.rate_hz, self.run_start + options.duration_s).to_json())
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            json.dump(specs, out)
 
     def _start_devices(self) -> None:
         options = self.options
         drop_at = max(3.0, min(12.0, options.duration_s * 0.3))
         ptys = {pty.path.name[len("tty-"):]: pty for pty in self.ptys}
         for home in self.homes.values():
-            for index, (device, keys) in enumerate(home.devices.items()):
+            serial = [(d, keys) for d, keys in home.devices.items() if d not in self.ble]
+            for index, (device, keys) in enumerate(serial):
                 seed = zlib.crc32(f"{options.seed}:{device}".encode())
                 vitals = (scenario_vitals(drop_at, options.seed) if index == 0
                           else stable_vitals(seed))
@@ -189,7 +245,7 @@ class FleetRun:
         others = [d for d in self.devices if d not in self.scenario_devices]
         plan = plan_faults(self.options.faults, self.options.duration_s, list(self.gateways),
                            list(self.devices), self.rng, self.options.timing,
-                           skew_devices=others or None)
+                           skew_devices=others or None, ble_devices=list(self.ble))
         for fault in plan:
             self._plan_one(fault, broker, centre)
         self._actions.sort()
@@ -222,6 +278,8 @@ class FleetRun:
             self._at(end, gateway.start)
         elif fault.name == "disk-full":
             self._at(start, lambda: note(self._fill_disk(fault.target)))
+        elif fault.name == "ble-disconnect":
+            self._at(start, lambda: note(self._disconnect(fault)))
         elif fault.name == "slow-consumer":
             self._at(start, lambda: (centre.set_slow_consumer(timing.slow_delay_s),
                                      note(f"{timing.slow_delay_s * 1000:.0f} ms per message")))
@@ -247,6 +305,17 @@ class FleetRun:
             self._at(fault.at, lambda: (device.request("skew", jump),
                                         note(f"device clock {jump:+.0f} s")))
             self._at(fault.at + fault.duration_s, lambda: device.request("skew", 0.0))
+
+    def _disconnect(self, fault: PlannedFault) -> str:
+        """One forced disconnect, carried out by the device's gateway process; the detail
+        says what it found (links up at that moment, batches waiting in its outbox)."""
+        device = self.ble[fault.target]
+        answer = self.gateways[device.gateway].disconnect(device.device_id, fault.mode,
+                                                          self.options.timing.out_of_range_s)
+        if not answer.get("ok"):
+            return f"{fault.mode}: not injected ({answer.get('error')})"
+        return (f"{fault.mode}: {answer['links']} link(s) dropped, "
+                f"{answer['unacked']} batch(es) unacknowledged")
 
     def _fill_disk(self, gw: str) -> str:
         """Restart the gateway with a budget its receipted rows alone can bring it under:
@@ -293,9 +362,7 @@ class FleetRun:
             if time.time() >= next_sample:
                 self._sample(view)
                 next_sample += 1.0
-            generated = sum(d.generated() for d in self.devices.values())
-            if all(d.unacked() == 0 for d in self.devices.values()) and \
-                    view.stored_count() >= generated:
+            if self._all_acknowledged() and view.stored_count() >= self._generated():
                 break
             self._check_parts()
             self.progress((time.time() - began) / self.options.drain_timeout_s, "drain")
@@ -308,13 +375,29 @@ class FleetRun:
     def _sample(self, view: oracle.CentreView) -> None:
         now = time.time()
         stored = view.stored_count()
-        generated = sum(d.generated() for d in self.devices.values())
+        generated = self._generated()
         rate = 0.0
         if self._last_sample is not None and now > self._last_sample[0]:
             rate = (stored - self._last_sample[1]) / (now - self._last_sample[0])
         self._last_sample = (now, stored)
         self.timeline.append(Sample(round(now - self.run_start, 3), max(0, generated - stored),
                                     round(rate, 3)))
+
+    def _truth(self) -> dict[str, dict[int, Sealed]]:
+        """Every device's record of what it sealed: the serial devices' in memory, the BLE
+        devices' in their flash files (they live in the gateway processes)."""
+        truth = {device_id: device.snapshot() for device_id, device in self.devices.items()}
+        for device_id, device in self.ble.items():
+            truth[device_id] = device.flash_now().truth
+        return truth
+
+    def _generated(self) -> int:
+        return sum(d.generated() for d in self.devices.values()) + \
+            sum(len(d.flash_now().truth) for d in self.ble.values())
+
+    def _all_acknowledged(self) -> bool:
+        return all(d.unacked() == 0 for d in self.devices.values()) and \
+            all(not d.flash_now().outbox for d in self.ble.values())
 
     def _check_parts(self) -> None:
         """A crashed agent or device thread ends the run: its report would prove nothing."""
@@ -351,8 +434,7 @@ class FleetRun:
         return out
 
     def _record(self, view: oracle.CentreView) -> RunRecord:
-        truth = {device_id: device.snapshot() for device_id, device in self.devices.items()}
-        tallies = oracle.compare_readings(truth, view.readings())
+        tallies = oracle.compare_readings(self._truth(), view.readings())
         outcomes, alarm_latency = oracle.match_alarms(self._expected_alarms(),
                                                       view.alarm_steps(), self.run_start)
         duplicates = view.duplicates()
@@ -365,6 +447,15 @@ class FleetRun:
         for gateway in self.gateways.values():
             self.notes.append(f"{gateway.gateway_id}: agent started {gateway.starts} times, "
                               f"SIGKILLed {gateway.kills} times")
+        for device_id, device in sorted(self.ble.items()):
+            flash = device.flash_now()
+            live = sum(1 for forced in flash.forced if forced["links"])
+            self.notes.append(
+                f"{device_id} (BLE): booted {flash.boots} times, {flash.handshakes} handshakes,"
+                f" uplink subscribed {flash.subscriptions} times ({flash.replayed} outbox "
+                f"batches replayed), {len(flash.forced)} forced "
+                f"disconnects ({live} dropped a live link), {len(flash.outbox)} batches "
+                "unacknowledged at the end")
         handshakes = sum(d.handshakes for d in self.devices.values())
         self.notes.append(f"devices: {handshakes} handshakes, "
                           f"{sum(d.garbage_bytes for d in self.devices.values())} garbage bytes")

@@ -1,5 +1,6 @@
 """`vitalbridge sim fleet` against real parts: mosquitto, the reference centre, one agent
-process per gateway, sealing devices on PTYs, every built fault injected.
+process per gateway, sealing devices on PTYs, a sealing BLE device on a virtual radio inside
+each gateway process, every fault injected (ble-disconnect storms included).
 
 The CI run goes through the command's entry point and reads the report.json it wrote.
 The loss test makes a loss real (a device's outbox wiped before delivery) and requires the
@@ -53,6 +54,13 @@ def test_a_short_fleet_with_every_fault_loses_nothing(tmp_path: Path) -> None:
     assert status == 0
     kills = [f for f in report["faults"] if f["name"] == "agent-kill"]
     assert len(kills) >= 2 and all(f["detail"] == "SIGKILL" for f in kills)
+    storm = [f for f in report["faults"] if f["name"] == "ble-disconnect"]
+    assert len(storm) == 4  # one storm (2 BLE devices), each disconnect a FaultRecord
+    # the gateway process carried them out on live links (not merely asked)
+    assert sum("1 link(s) dropped" in f["detail"] for f in storm) >= 2, storm
+    for device in ("gw-01-ble1", "gw-02-ble1"):
+        tally = report["readings"]["per_device"][device]
+        assert tally["generated"] > 20 and tally["lost"] == 0, tally
     assert len(report["timeline"]) >= 35
     assert (tmp_path / "report" / "report.html").stat().st_size > 0
 
@@ -97,7 +105,9 @@ def test_a_long_fleet_with_every_fault_loses_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--faults", "agent-kill,bogus"], "unknown fault 'bogus' (valid: all, broker-restart"),
-    (["--faults", "ble-disconnect"], "fault 'ble-disconnect' is not built yet"),
+    (["--faults", "ble-disconnect", "--ble-per-gateway", "0"],
+     "fault 'ble-disconnect' needs --ble-per-gateway >= 1"),
+    (["--ble-per-gateway", "5"], "--ble-per-gateway must be in 0..4, got 5"),
     (["--faults", " , "], "--faults is empty"),
     (["--gateways", "0"], "--gateways must be in 1..50, got 0"),
     (["--devices-per-gateway", "21"], "--devices-per-gateway must be in 1..20"),

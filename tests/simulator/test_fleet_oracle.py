@@ -9,7 +9,13 @@ import pytest
 from edge_agent.alarms.grades import Grade
 from edge_agent.alarms.scenarios import ExpectedAlarm
 from simulator.fleet.devices import Sealed
-from simulator.fleet.faults import FAULT_NAMES, FaultSpecError, parse_faults, plan_faults
+from simulator.fleet.faults import (
+    FAULT_NAMES,
+    FaultSpecError,
+    FaultTiming,
+    parse_faults,
+    plan_faults,
+)
 from simulator.fleet.oracle import (
     AlarmStep,
     ExpectedAlarmAt,
@@ -19,9 +25,9 @@ from simulator.fleet.oracle import (
 )
 
 
-def test_all_names_every_built_fault_and_order_is_canonical() -> None:
+def test_all_names_every_fault_and_order_is_canonical() -> None:
     everything = parse_faults("all")
-    assert "ble-disconnect" not in everything and len(everything) == len(FAULT_NAMES) - 1
+    assert everything == FAULT_NAMES and "ble-disconnect" in everything
     assert parse_faults(" garbage , agent-kill ") == ("agent-kill", "garbage")
     with pytest.raises(FaultSpecError, match="unknown fault 'al'"):
         parse_faults("al")
@@ -32,7 +38,7 @@ def test_the_schedule_injects_each_fault_inside_the_window_without_broker_overla
         seed: int) -> None:
     names = parse_faults("all")
     plan = plan_faults(names, 40.0, ["gw-01", "gw-02"], ["a", "b", "c", "d"],
-                       random.Random(seed), skew_devices=["b", "d"])
+                       random.Random(seed), skew_devices=["b", "d"], ble_devices=["x", "y"])
     assert {f.name for f in plan} == set(names)
     assert plan == sorted(plan, key=lambda f: (f.at, f.name, f.target))
     for fault in plan:
@@ -44,7 +50,35 @@ def test_the_schedule_injects_each_fault_inside_the_window_without_broker_overla
     assert all(f.target in ("b", "d") for f in plan if f.name == "clock-skew")
     assert sum(f.name == "agent-kill" for f in plan) >= 2
     assert plan == plan_faults(names, 40.0, ["gw-01", "gw-02"], ["a", "b", "c", "d"],
-                               random.Random(seed), skew_devices=["b", "d"])
+                               random.Random(seed), skew_devices=["b", "d"],
+                               ble_devices=["x", "y"])
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_ble_disconnects_come_in_storms_at_ble_devices_each_after_the_last_ended(
+        seed: int) -> None:
+    timing = FaultTiming()
+    plan = [f for f in plan_faults(("ble-disconnect", "garbage"), 35.0, ["gw-01"], ["a"],
+                                   random.Random(seed), timing, ble_devices=["x", "y", "z"])
+            if f.name == "ble-disconnect"]
+    assert len(plan) == 2 * timing.storm_size  # one storm per two BLE devices, rounded up
+    by_target: dict[str, list] = {}
+    for fault in plan:
+        by_target.setdefault(fault.target, []).append(fault)
+        assert fault.target in ("x", "y", "z")
+        assert 6.0 <= fault.at and fault.at + fault.duration_s <= 31.0 + 1e-9, fault
+        assert fault.duration_s == (timing.out_of_range_s if fault.mode == "out-of-range"
+                                    else 0.0)
+    assert all(len(storm) == timing.storm_size for storm in by_target.values())
+    for storm in by_target.values():  # one storm per device
+        storm.sort(key=lambda f: f.at)
+        for before, after in zip(storm, storm[1:], strict=False):
+            assert before.mode != after.mode
+            # the next one strikes only after the device is back in range
+            assert after.at - (before.at + before.duration_s) >= timing.storm_gap_s[0] - 1e-9
+    # no BLE device: nothing to disconnect, the rest of the plan is unchanged
+    assert not [f for f in plan_faults(("ble-disconnect",), 35.0, ["gw-01"], ["a"],
+                                       random.Random(seed)) if f.name == "ble-disconnect"]
 
 
 def sealed(quantity: str, value: float, at: float = 100.0) -> Sealed:
