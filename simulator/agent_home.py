@@ -133,6 +133,7 @@ class FirmwareStandIn:
         self.next_seq = 0
         self.lock = threading.Lock()
         self.outbox: dict[int, tuple[int, bytes]] = {}  # first seq -> (last seq, message)
+        self.sealed_in: dict[int, bytes] = {}  # first seq -> id of the session it was sealed in
         self.sent_at: dict[int, float] = {}  # first seq -> last (re)send, monotonic
         self.acked: set[int] = set()
         self.ack_times: dict[int, float] = {}  # seq -> monotonic time its ack arrived
@@ -181,13 +182,15 @@ class FirmwareStandIn:
             ack = device_link.decode_ack(body, self.session.gateway_mac_key, self.session.kid)
         except ProtocolError:
             return
-        if ack.session_id != self.session.session_id:
-            return
+        # An ack names the session its seqs were sealed in, which after a reboot or reconnect
+        # may be an earlier one than the live session (the firmware's outbox does the same).
         arrived = time.monotonic()
         with self.lock:
             self.acks += 1
             done = set()
             for first, (last, _) in self.outbox.items():
+                if self.sealed_in.get(first) != ack.session_id:
+                    continue
                 covered = (ack.upto is not None and last <= ack.upto) or any(
                     lo <= first and last <= hi for lo, hi in ack.ranges)
                 if covered:
@@ -198,6 +201,7 @@ class FirmwareStandIn:
             for first in done:
                 del self.outbox[first]
                 self.sent_at.pop(first, None)
+                self.sealed_in.pop(first, None)
 
     def _command(self, body: object) -> None:
         """A sealed device-command, checked as the firmware does (session key, increasing
@@ -261,6 +265,7 @@ class FirmwareStandIn:
         message = messages.encode("sealed", sealed)
         with self.lock:
             self.outbox[first] = (self.next_seq - 1, message)
+            self.sealed_in[first] = self.session.session_id
         return first, message
 
     def send(self, values: list[tuple[str, float]], at: float | None = None) -> int:
