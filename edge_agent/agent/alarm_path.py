@@ -114,9 +114,16 @@ class AlarmPath:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        self.evaluator.resume(self.lifecycle.active_conditions())
+    async def start(self, history: Iterable[Reading] = ()) -> None:
+        """history: the readings journaled within the evaluator's rebuild window before this
+        start (alarms/history.py), so persistence clocks and rate windows carry on where they
+        were instead of starting again (Evaluator.rebuild)."""
+        lost = self.evaluator.rebuild(history, self.lifecycle.active_conditions())
         self._task = asyncio.create_task(self._writer(), name="alarm-writer")
+        if lost:
+            log.warning("%d alarm conditions found active in the journaled readings but not "
+                        "in the alarm store: raising them now", len(lost))
+            self._apply(lost, None)
 
     async def drain(self) -> None:
         await self._signal.idle()
@@ -153,6 +160,11 @@ class AlarmPath:
                               reading.device)
         if conditions:
             self._apply(conditions, received_at)
+
+    def external_conditions(self, conditions: Sequence[Condition]) -> None:
+        """Conditions established outside the rules engine (a compromised device): into the
+        lifecycle and the journal like the evaluator's own."""
+        self._apply(conditions, None)
 
     def device_status(self, status: DeviceStatus) -> None:
         self._apply(self.evaluator.device_status(status), None)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from edge_agent.alarms import news2
@@ -208,6 +208,14 @@ class EvaluatorConfig:
     calibration_warning: float = 30 * DAY
     disk_budget_fraction: float = 0.9
 
+    @property
+    def rebuild_window(self) -> float:
+        """Seconds of history that determine every time-built state after a restart."""
+        return max(self.news2_freshness,
+                   max(self.persistence.values()) + self.clear_after,
+                   self.jump_confirm_after,
+                   max((rule.window for rule in self.rate_rules), default=0.0))
+
     def __post_init__(self) -> None:
         if set(self.persistence) != set(Grade) or any(
                 not math.isfinite(p) or p < 0 for p in self.persistence.values()):
@@ -279,26 +287,104 @@ class _AcceptedValue:
     pending: tuple[float, float, float] | None = None  # (first time, last value, last time)
 
 
+class _RateHistory:
+    """One patient's recent values of one quantity, for its rate rules: the extreme value
+    of each rule's window in O(1) amortised per reading.
+
+    `raw` keeps the readings in arrival order, trimmed to the longest rule window (what the
+    rules are defined on). While their times never go backwards, each rule also keeps a
+    monotonic deque (the candidates for its window's max or min), so no window is scanned;
+    a late reading (an earlier time than the one before it) makes the order unusable, and
+    until it has aged out of `raw` the windows are scanned instead (rare: a backlog)."""
+
+    __slots__ = ("raw", "descents", "synced", "_rules", "_extremes", "_span")
+
+    def __init__(self, span: float, rules: tuple[RateRule, ...]) -> None:
+        self.raw: deque[tuple[float, float]] = deque()
+        self.descents = 0  # adjacent pairs in raw whose time goes backwards
+        self.synced = True  # the monotonic deques describe raw
+        self._rules = rules
+        self._extremes: list[deque[tuple[float, float]]] = [deque() for _ in rules]
+        self._span = span
+
+    def add(self, t: float, value: float) -> list[float]:
+        """Record a reading; the change each rule sees (same order as the rules)."""
+        raw = self.raw
+        if raw and t < raw[-1][0]:
+            self.descents += 1
+        raw.append((t, value))
+        while raw[0][0] < t - self._span:
+            gone = raw.popleft()
+            if raw[0][0] < gone[0]:
+                self.descents -= 1
+        if self.descents:
+            self.synced = False
+            return [self._scanned(rule, t, value) for rule in self._rules]
+        if self.synced:
+            for rule, extreme in zip(self._rules, self._extremes, strict=True):
+                _push(extreme, rule.direction == "fall", t, value)
+        else:
+            for rule, extreme in zip(self._rules, self._extremes, strict=True):
+                extreme.clear()
+                for entry in raw:
+                    _push(extreme, rule.direction == "fall", *entry)
+            self.synced = True
+        changes = []
+        for rule, extreme in zip(self._rules, self._extremes, strict=True):
+            while extreme[0][0] < t - rule.window:
+                extreme.popleft()
+            best = extreme[0][1]
+            changes.append(best - value if rule.direction == "fall" else value - best)
+        return changes
+
+    def _scanned(self, rule: RateRule, t: float, value: float) -> float:
+        window = [v for ht, v in self.raw if ht >= t - rule.window]
+        return max(window) - value if rule.direction == "fall" else value - min(window)
+
+
+def _push(extreme: deque[tuple[float, float]], highest: bool, t: float, value: float) -> None:
+    """Append to a monotonic deque: older entries the new value dominates can never be the
+    window's extreme again (they leave the window first)."""
+    if highest:
+        while extreme and extreme[-1][1] <= value:
+            extreme.pop()
+    else:
+        while extreme and extreme[-1][1] >= value:
+            extreme.pop()
+    extreme.append((t, value))
+
+
 @dataclass(slots=True)
 class _PatientVitals:
     latest: dict[str, tuple[float, float]] = field(default_factory=dict)  # parameter -> (v, t)
     consciousness: tuple[str, float] | None = None
     oxygen: tuple[bool, float] | None = None
-    history: dict[str, deque[tuple[float, float]]] = field(default_factory=dict)
+    history: dict[str, _RateHistory] = field(default_factory=dict)  # rate rules
 
 
 class Evaluator:
     """Turns readings and device/gateway state into alarm-condition changes."""
 
-    def __init__(self, limits: LimitsBook, config: EvaluatorConfig | None = None) -> None:
+    def __init__(self, limits: LimitsBook, config: EvaluatorConfig | None = None,
+                 continuous_link: Callable[[str], bool] | None = None) -> None:
+        """continuous_link(device): whether the device keeps a link that should carry data
+        all the time, so that silence means it is offline (default: every device). Manual
+        entries (readings marked manual) are never offline-tracked: nobody is expected to
+        enter values every minute."""
         self.limits = limits
         self.config = config or EvaluatorConfig()
+        self._continuous_link = continuous_link
+        self._tracked_devices: dict[str, bool] = {}  # continuous_link's answers, per device
         self._tracks: dict[tuple[str | None, str], _Track] = {}
         self._accepted: dict[tuple[str, str], _AcceptedValue] = {}  # (device, quantity)
         self._patients: dict[str, _PatientVitals] = {}
         self._device_patient: dict[str, str | None] = {}
         self._last_seen: dict[str, float] = {}
         self._max_rate_window = max((r.window for r in self.config.rate_rules), default=0.0)
+        self._rules_by_quantity: dict[str, tuple[RateRule, ...]] = {}
+        for rule in self.config.rate_rules:
+            self._rules_by_quantity[rule.quantity] = (
+                *self._rules_by_quantity.get(rule.quantity, ()), rule)
 
     # ------------------------------------------------------------------ readings
 
@@ -307,9 +393,10 @@ class Evaluator:
         out: list[Condition] = []
         device, t = reading.device, reading.time
         self._device_patient[device] = reading.patient
-        if t > self._last_seen.get(device, -math.inf):
-            self._last_seen[device] = t
-        self._technical(out, reading.patient, device, OFFLINE, None, t, "")
+        if not reading.manual and self._offline_tracked(device):
+            if t > self._last_seen.get(device, -math.inf):
+                self._last_seen[device] = t
+            self._technical(out, reading.patient, device, OFFLINE, None, t, "")
         if reading.quantity == news2.CONSCIOUSNESS:
             self._consciousness(out, reading)
             return out
@@ -402,21 +489,16 @@ class Evaluator:
                     f"{resolved.provenance(q).describe()}"))
 
     def _rates(self, out: list[Condition], reading: Reading) -> None:
-        rules = [r for r in self.config.rate_rules if r.quantity == reading.quantity]
+        rules = self._rules_by_quantity.get(reading.quantity)
         if not rules:
             return
         state = self._patients.setdefault(reading.patient, _PatientVitals())
-        history = state.history.setdefault(reading.quantity, deque())
+        history = state.history.get(reading.quantity)
+        if history is None:
+            history = state.history[reading.quantity] = _RateHistory(
+                self._max_rate_window, rules)
         t, value = reading.time, float(reading.value)
-        history.append((t, value))
-        while history and history[0][0] < t - self._max_rate_window:
-            history.popleft()
-        for rule in rules:
-            window = [v for ht, v in history if ht >= t - rule.window]
-            if rule.direction == "fall":
-                change = max(window) - value
-            else:
-                change = value - min(window)
+        for rule, change in zip(rules, history.add(t, value), strict=True):
             raw = rule.grade if change >= rule.delta else None
             if self._step(reading.patient, rule.key, raw, t, True):
                 out.append(Condition(
@@ -482,8 +564,8 @@ class Evaluator:
         if patient is not None:
             self._device_patient[device] = patient
         patient = self._device_patient.get(device)
-        if status.last_seen is not None and status.last_seen > self._last_seen.get(device,
-                                                                                   -math.inf):
+        if status.last_seen is not None and self._offline_tracked(device) and (
+                status.last_seen > self._last_seen.get(device, -math.inf)):
             self._last_seen[device] = status.last_seen
             self._offline(out, device, t)
         if status.battery is not None:
@@ -528,6 +610,13 @@ class Evaluator:
             self._offline(out, device, now)
         return out
 
+    def _offline_tracked(self, device: str) -> bool:
+        tracked = self._tracked_devices.get(device)
+        if tracked is None:
+            tracked = self._continuous_link is None or bool(self._continuous_link(device))
+            self._tracked_devices[device] = tracked
+        return tracked
+
     def _offline(self, out: list[Condition], device: str, now: float) -> None:
         silent = now - self._last_seen[device]
         raw = Grade.BLUE if silent > self.config.offline_after else None
@@ -560,6 +649,29 @@ class Evaluator:
         if self._step(patient, key, raw, t, True):
             out.append(Condition(key, TECHNICAL, raw, t, patient, device, value=value,
                                  detail=detail if raw is not None else f"{name} ended"))
+
+    def rebuild(self, history: Iterable[Reading],
+                active: Iterable[tuple[str | None, str, Grade]]) -> list[Condition]:
+        """Restart: rebuild the state the rules build up over time (persistence clocks,
+        hysteresis, rate windows, NEWS2 inputs, artefact guards) by evaluating the readings
+        journaled within `config.rebuild_window` before the restart, in arrival order; then
+        seed the conditions of the restored alarms (`resume`).
+
+        A condition that was still building up fires at the time it would have without the
+        restart. Returns the conditions the history shows active that no restored alarm holds
+        at that grade (the alarm step was lost in the crash): the caller applies them.
+        Devices seen in the history are not offline-tracked until they send again (a long
+        downtime would otherwise report every device offline at start-up)."""
+        last_seen = dict(self._last_seen)
+        latest: dict[tuple[str | None, str], Condition] = {}
+        for reading in history:
+            for condition in self.evaluate(reading):
+                latest[(condition.patient, condition.key)] = condition
+        self._last_seen = last_seen
+        restored = {(patient, key): grade for patient, key, grade in active}
+        self.resume((patient, key, grade) for (patient, key), grade in restored.items())
+        return [c for key, c in latest.items() if c.grade is not None and (
+            key not in restored or c.grade > restored[key])]
 
     def resume(self, active: Iterable[tuple[str | None, str, Grade]]) -> None:
         """Seed conditions that were active before a restart ((patient, key, grade), e.g.

@@ -50,8 +50,7 @@ def compromise_condition(device: str, patient: str | None, reason: str,
 def raise_compromise_alarm(service: AgentService, device: str, reason: str, at: float) -> None:
     """The technical alarm of a compromised device (idempotent: an active one stays)."""
     patient = service.directory.patient_at(device, int(at))
-    # AlarmPath has no public entry for conditions from outside the evaluator yet.
-    service.alarms._apply([compromise_condition(device, patient, reason, at)], None)
+    service.alarms.external_conditions([compromise_condition(device, patient, reason, at)])
 
 
 def compromise_event(device: str, at: int, keys: list[str]) -> bytes:
@@ -117,6 +116,8 @@ class ManualReadingHandler:
     async def apply(self, entry: Entry, body: dict[str, Any], prepared: Any) -> str:
         built = [_message(m) for m in prepared["messages"]]
         await self.service.journal.append_many(built)  # one row per digest: a retry is a no-op
+        for message in built:
+            self.service.manual_received(message)  # in the event journal like any receipt
         readings = [Reading(r["patient"], r["device"], r["quantity"], r["value"], r["time"],
                             r["unit"], manual=True) for r in prepared["readings"]]
         if readings:
