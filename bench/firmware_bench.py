@@ -21,7 +21,8 @@
 2. Total .mpy size of protocol/ and firmware/ (mpy-cross -march=xtensawin).
 3. Per-reading seal cost: protocol.sealing.seal_batch of the loop's batches (encode, MAC,
    chain) timed on this machine, scaled to an ESP32 by the brief's ~1 ms per
-   HMAC-SHA256 there over crypto.hmac_sha256 timed here (the same code); cross-check:
+   HMAC-SHA256 there over an HMAC timed here (the ruler: pure_hmac's per-call-pad code
+   as it was when that figure was adopted, frozen in this file, best of 5); cross-check:
    the brief's Ed25519 signing time on an ESP32 (1.1 s, the upper end) over ours here.
 Baselines measured in the same run: the idle firmware heap, protocol/ alone for size, a
 bare HMAC-SHA256 of the batch payload for CPU.
@@ -49,7 +50,7 @@ ESP32_HMAC_MS = 1.0  # design brief: HMAC-SHA256 with hardware SHA-256
 TYPED_BLOCKS = "TLDSAFBM"  # gc dump head letters of word-only objects (py/gc.c)
 
 WORKLOAD = r"""
-import gc, json, os, sys, time
+import gc, hashlib, json, os, sys, time
 sys.path.insert(0, ".")
 import micropython
 from firmware import sealer as sealer_mod
@@ -162,12 +163,30 @@ if MODE != "idle":
         box.tick()
         sample_live()
 
+
+
+def ruler_hmac(key, data):
+    # The ruler: HMAC-SHA256 exactly as protocol/crypto/pure_hmac.py wrote it when the
+    # ~1 ms ESP32 figure was adopted (pads XORed per call). Frozen here so that speeding
+    # up the protocol's HMAC does not move the ruler the seal is measured against.
+    key = bytes(key) + bytes(64 - len(key))
+    inner = hashlib.sha256(bytes(key[i] ^ 0x36 for i in range(64)))
+    inner.update(data)
+    outer = hashlib.sha256(bytes(key[i] ^ 0x5C for i in range(64)))
+    outer.update(inner.digest())
+    return outer.digest()
+
+
 payload = bytes(120)
 key = bytes(32)
-start = time.ticks_us()
-for _ in range(100):
-    crypto.hmac_sha256(key, payload)
-hmac_us = time.ticks_diff(time.ticks_us(), start) / 100
+assert ruler_hmac(key, payload) == crypto.hmac_sha256(key, payload)
+hmac_us = None
+for _ in range(5):  # best of 5: other processes on the machine only ever add time
+    start = time.ticks_us()
+    for _ in range(100):
+        ruler_hmac(key, payload)
+    took = time.ticks_diff(time.ticks_us(), start) / 100
+    hmac_us = took if hmac_us is None or took < hmac_us else hmac_us
 if os.getenv("VB_BENCH_CENSUS"):
     gc.collect()
     micropython.mem_info(1)

@@ -107,6 +107,8 @@ class App:
         self.pending = BoundedQueue(link["pending_max"])  # [records, critical, ticks]
         self.inbound = BoundedQueue(link["inbound_max"])
         self.control = BoundedQueue(4)  # enroll-requests waiting for the link
+        # Unsealed hints sent on the link at once, session or not (certificate-installed).
+        self.hints = BoundedQueue(2)
         self.keystore = KeyStore(flash + "/keys", hal.random_bytes, hal.time)
         ca_public = device["ca_public"]
         if ca_public is not None:
@@ -126,7 +128,7 @@ class App:
         fb = config["feedback"]
         self.liveness = Liveness(hal)
         self.feedback = Feedback(hal, buzzer=fb["buzzer"], silence_s=fb["silence_s"],
-                                 beat=lambda: self.liveness.beat("feedback"))
+                                 beat=lambda: self.liveness.beat("feedback"), echo=echo)
         robust = config["robust"]
         self.watchdog = WatchdogFeeder(hal, robust["watchdog_ms"], self.liveness)
         self.sampler = None
@@ -311,9 +313,10 @@ class App:
             if transport is None:
                 await self._link_wake.sleep(_IDLE_MS)  # a link change wakes us at once
                 continue
+            await self._send_queued(transport, self.hints)
             if not self.enrollment.enrolled:
                 self.feedback.set_state("provisioning")
-                await self._send_control(transport)
+                await self._send_queued(transport, self.control)
                 await self._send_events(transport, sealed=False)
                 await self._link_wake.sleep(1000)
                 continue
@@ -324,7 +327,7 @@ class App:
                     await self._link_wake.sleep(retry)
                     retry = min(retry * 2, self.link_cfg["retry_max_ms"])
                 continue
-            await self._send_control(transport)
+            await self._send_queued(transport, self.control)
             await self._send_events(transport, sealed=True)
             busy = await self._send_outbox(transport)
             await self._link_wake.sleep(self.link_cfg["send_gap_ms"] if busy else 1000)
@@ -382,11 +385,12 @@ class App:
         self.feedback.set_state("error" if self.safe_mode else "connected")
         self._link_wake.set()
 
-    async def _send_control(self, transport):
-        while len(self.control):
-            if not await self._send(transport, self.control.peek()):
+    async def _send_queued(self, transport, queue):
+        """Send a queue of ready envelopes in order; stop (keeping the rest) on a link loss."""
+        while len(queue):
+            if not await self._send(transport, queue.peek()):
                 return
-            self.control.get()
+            queue.get()
 
     async def _send_events(self, transport, sealed):
         while len(self.events):
@@ -478,8 +482,21 @@ class App:
     def _on_certificate(self, body):
         for event in self.enrollment.on_certificate(body):
             self._queue_event(event)
+            if event["event"] == "certificate-installed":
+                self._queue_hint(event)
         self.feedback.set_state("enrolled")
         self._session_link = -1  # handshake with the new identity
+        self._link_wake.set()
+
+    def _queue_hint(self, event):
+        # The installer (`vitalbridge device enroll`) holds no session with this device:
+        # it gets an unsealed copy now, a hint and not proof (docs/firmware-identity.md);
+        # the sealed event of the next session stays the proof the gateway journals.
+        try:
+            message = messages.encode("device-event", device_link.encode_event(event))
+        except ProtocolError:
+            return
+        self.hints.put(message, keep=True)
         self._link_wake.set()
 
     def _on_command(self, body):
@@ -624,9 +641,19 @@ def load_config(hal, path=None):
         return fw_config.load(None, hal), exc
 
 
+def banner(config, hal):
+    """The boot line: firmware version, device id and why the chip (re)started."""
+    device = config["device"]
+    return "VitalBridge firmware %s %s reset=%s" % (device["firmware"], device["id"],
+                                                    hal.reset_cause())
+
+
 def boot_app(hal, config_path=None, transports=None, echo=None):
-    """Config, safe-boot check and the App (not yet running)."""
+    """Config, safe-boot check and the App (not yet running); with an echo, the banner
+    is the first line, before any boot event."""
     config, error = load_config(hal, config_path)
+    if echo is not None:
+        echo(banner(config, hal))
     safe_boot = SafeBoot(hal.flash_dir, config["robust"]["crash_limit"])
     events = safe_boot.boot(hal.reset_cause(), hal.time())
     app = App(hal, config, transports, safe_boot, events, echo)
@@ -636,8 +663,8 @@ def boot_app(hal, config_path=None, transports=None, echo=None):
 
 
 def main(config_path=None, echo=print):
-    """Board entry point: run forever; an uncaught exception is recorded as a crash (for
-    safe boot) and the chip is reset."""
+    """Board entry point: run forever; an uncaught exception is
+    recorded as a crash (for safe boot) and the chip is reset."""
     from firmware.hal import get_hal
 
     hal = get_hal()

@@ -132,9 +132,13 @@ def code_timeline(counts, repeats=3):
 class Feedback:
     """The patient-facing signals of one device (see the module docstring)."""
 
-    def __init__(self, hal, buzzer=True, silence_s=120, beat=None):
+    def __init__(self, hal, buzzer=True, silence_s=120, beat=None, echo=None):
         self.hal = hal
         self._beat = beat  # called on every step (robust.Liveness), so a dead task shows
+        # print-like: one console line per change of the alarm signal, the only evidence
+        # of the LED state a test can read on a real board (docs/firmware-app.md)
+        self._echo = echo
+        self._announced = None  # the grade last announced (None: off)
         self.buzzer_enabled = buzzer
         self.silence_ms = silence_s * 1000
         self.state = "connecting"
@@ -221,6 +225,12 @@ class Feedback:
                 return grade
         return None
 
+    def source(self, grade):
+        """Who chose `grade` (None: off): "gateway" or "local"."""
+        if grade == self._gateway_grade and (grade is not None or self.gateway_control):
+            return GATEWAY
+        return "local"
+
     def audible(self, grade):
         if grade is None or not self.buzzer_enabled:
             return False
@@ -241,6 +251,11 @@ class Feedback:
             grade = self.grade()
             state = self.state
             self.shown = (grade, state)
+            if grade != self._announced:
+                self._announced = grade
+                if self._echo is not None:
+                    self._echo("feedback grade=%s source=%s"
+                               % (grade or "off", self.source(grade)))
             await self._render(grade, state)
 
     def _leds_off(self, keep=None):

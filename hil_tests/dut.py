@@ -246,10 +246,9 @@ class SerialBoardDut(Dut):
         port.rts = False
 
     def expect_alarm_signal(self, grade: str, timeout: float = 10) -> None:
-        # A real board's LEDs cannot be seen from here without a light sensor: the console
-        # line the firmware prints for the executed command is what is checked.
-        self.console.expect(rf"event command-done command=feedback .*pattern={grade}\b",
-                            timeout)
+        # A real board's LEDs cannot be seen from here without a light sensor: the firmware's
+        # echo of the grade it drives them to (firmware/feedback.py) is what is checked.
+        self.console.expect(rf"feedback grade={grade} source=\w+", timeout)
 
     def close(self) -> None:
         self._stop.set()

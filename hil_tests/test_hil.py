@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from hil_tests.dut import Dut, SimDut
 from hil_tests.gateway import GATEWAY_ID, HilGateway
 from protocol import cose, device_link, enrollment
@@ -23,6 +21,16 @@ def _readings_by_session(gateway: HilGateway) -> dict[bytes, list[int]]:
 def _holes(seqs: list[int]) -> list[int]:
     present = set(seqs)
     return [s for s in range(seqs[0], seqs[-1] + 1) if s not in present]
+
+
+def _wait_for_text(dut: Dut, mark: int, text: str, timeout: float) -> None:
+    """`text` on the console after `mark`, whatever else was consumed meanwhile."""
+    deadline = time.monotonic() + timeout
+    while text not in dut.console.since(mark):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} not on the console within {timeout} s: "
+                                 f"{dut.console.since(mark)[-400:]!r}")
+        time.sleep(0.05)
 
 
 # ---------------------------------------------------------------- boot
@@ -51,15 +59,14 @@ def test_boot_reset_reason_after_a_hang(dut: Dut, gateway: HilGateway) -> None:
     assert gateway.current is not first
 
 
-@pytest.mark.xfail(strict=True, reason="the firmware prints no boot banner yet (requested "
-                   "from the FIRMWARE owner: 'VitalBridge firmware <version> <device id> "
-                   "reset=<cause>' from firmware.app.main, docs/hil.md)")
 def test_boot_banner_names_version_and_reset_cause(dut: Dut) -> None:
     if dut.supports("power_cycle"):
         dut.power_cycle()
     match = dut.console.expect(r"VitalBridge firmware (\d+\.\d+\.\d+\S*) (vb-[0-9a-f]+) "
                                r"reset=([a-z-]+)", timeout=8)
     assert match.group(3) == "power-on"
+    if dut.device_id is not None:
+        assert match.group(2) == dut.device_id
 
 
 # ---------------------------------------------------------------- enrollment
@@ -87,6 +94,11 @@ def test_enrollment_with_proof_of_possession(dut: Dut, gateway: HilGateway) -> N
     (installed,) = gateway.sealed_events("certificate-installed")
     assert installed.details["kid"] == cose.key_id(request.sign_key)
     assert installed.details["issuer"] == GATEWAY_ID
+    # Before any session, the same news came unsealed: the hint `device enroll` waits for.
+    hints = [e for e in gateway.ledger.events
+             if e.name == "certificate-installed" and not e.authenticated]
+    assert [h.details["kid"] for h in hints] == [installed.details["kid"]]
+    assert gateway.ledger.events.index(hints[0]) < gateway.ledger.events.index(installed)
     dut.console.expect(r"event certificate-installed", timeout=5)
     assert not gateway.ledger.refused
 
@@ -232,11 +244,16 @@ def test_alarm_feedback_on_the_device(dut: Dut, enrolled: HilGateway) -> None:
     assert "led red on" not in dut.console.since(mark)
 
     for grade in ("red", "orange"):
+        shown = dut.console.mark()
         gateway.command("feedback", grade)
         dut.expect_alarm_signal(grade, timeout=10)
         gateway.serve(lambda g=grade: done(g), 20, f"command-done for {grade}")
+        # The firmware's echo of the signal it drives (on a board, the LED state).
+        _wait_for_text(dut, shown, f"feedback grade={grade} source=gateway", 10)
+    shown = dut.console.mark()
     gateway.command("feedback", "off")
     gateway.serve(lambda: done("off"), 20, "command-done for off")
+    _wait_for_text(dut, shown, "feedback grade=off source=gateway", 10)
     if dut.supports("led_probe"):
         dut.console.expect(r"hal: led orange off", timeout=5)
     # An unknown pattern is refused and reported, the device keeps running.

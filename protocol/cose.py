@@ -19,9 +19,6 @@ Every failure raises SealError whose message is the specific reason (see docs/se
 Runs on MicroPython: plain classes, no typing.
 """
 
-import hashlib
-import sys
-
 from protocol import cbor, crypto
 from protocol.checks import hexstr, is_int
 from protocol.errors import DecodeError, SealError, ValidationError
@@ -346,57 +343,10 @@ def _mac_key(key):
     return key
 
 
-_ON_MICROPYTHON = sys.implementation.name == "micropython"
-_HMAC_BLOCK = 64
-_PADDED_KEYS_MAX = 4
-
-
-class _PaddedKey:
-    """HMAC-SHA256 (RFC 2104) under one key whose inner and outer pad blocks are XORed once.
-
-    Only for MicroPython: crypto.hmac_sha256 there XORs both 64-byte pads in interpreted
-    code on every call (~10 of its ~12 us on the unix port), and a device MACs every batch
-    under the same session key. Its hash objects cannot be copied, so the pads are hashed
-    afresh each time (native SHA-256). CPython keeps the C hmac in crypto.
-    """
-
-    def __init__(self, key):
-        self.key = key
-        fill = _HMAC_BLOCK - _len(key)
-        self._inner = bytes([byte ^ 0x36 for byte in key]) + b"\x36" * fill
-        self._outer = bytes([byte ^ 0x5C for byte in key]) + b"\x5c" * fill
-
-    def digest(self, data, more=b""):
-        """HMAC of data + more (hashed in two pieces: no concatenated copy)."""
-        inner = hashlib.sha256(self._inner)
-        inner.update(data)
-        inner.update(more)
-        outer = hashlib.sha256(self._outer)
-        outer.update(inner.digest())
-        return outer.digest()
-
-
-# MAC key -> _PaddedKey; a device alternates between its session's device and gateway
-# keys (seal, then verify an ack), so a few entries; cleared when full, so old session
-# keys do not pile up in RAM.
-_padded_keys = {}
-
-
-def _padded_key(key):
-    padded = _padded_keys.get(key)
-    if padded is None:
-        if _len(_padded_keys) >= _PADDED_KEYS_MAX:
-            _padded_keys.clear()
-        padded = _padded_keys[key] = _PaddedKey(key)
-    return padded
-
-
 def _mac(key, protected_bytes, external_aad, payload):
+    # crypto.hmac_key: a session MACs every batch and ack under the same key, padded once.
     head = _structure_head(_MAC0_CONTEXT, protected_bytes, external_aad, _len(payload))
-    if _ON_MICROPYTHON:
-        return _padded_key(key).digest(head, payload)
-    head += payload
-    return crypto.hmac_sha256(key, head)
+    return crypto.hmac_key(key).digest(head, payload)
 
 
 def mac0_create(key, payload, kid=None, content_type=None, external_aad=b"", tagged=True,

@@ -367,10 +367,6 @@ def _plain_prefix(base_name):
     )
 
 
-# Where `_plain_record` collects each label it accepts.
-_PLAIN_SLOTS = {BN: 0, BT: 1, N: 2, V: 3, U: 4, UCUM_UNIT: 5, T: 6, SEQ: 7, UT: 8, S: 9}
-
-
 def _plain_record(record):
     """(bn, bt, quantity rule, unit rule, v, t, seq, ut, s) of a plain record, or None.
 
@@ -380,13 +376,26 @@ def _plain_record(record):
     """
     if _type(record) is not dict:
         return None
-    fields = [None] * 10
-    for key, item in record.items():
-        slot = _PLAIN_SLOTS.get(key) if _type(key) is int else None
-        if slot is None or item is None:
+    get = record.get
+    unit = get(U)
+    ucum = get(UCUM_UNIT)
+    time = get(T)
+    update = get(UT)
+    total = get(S)
+    bn = get(BN)
+    bt = get(BT)
+    # n, v and seq are required (checked below); a label outside these ten, or a null,
+    # makes the record longer than what was found.
+    if _len(record) != 3 + (unit is not None) + (ucum is not None) + (time is not None) + (
+        update is not None
+    ) + (total is not None) + (bn is not None) + (bt is not None):
+        return None
+    for key in record:
+        if _type(key) is not int:  # True == 1 and 2.0 == 2 would find an int's field
             return None
-        fields[slot] = item
-    bn, bt, name, value, unit, ucum, time, seq, update, total = fields
+    name = get(N)
+    value = get(V)
+    seq = get(SEQ)
     if _type(name) is not str:
         return None
     rule = _PLAIN.get(name)

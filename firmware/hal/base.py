@@ -77,6 +77,11 @@ class Hal:
     def uart(self, port=1, baudrate=9600):
         raise NotImplementedError
 
+    def uart_shares_console(self, port):
+        """True when the console (print, the REPL) also writes to UART `port`: a frame
+        link there must write each frame in one piece (firmware/transport/uart.py)."""
+        return False
+
     def led(self, name):
         """LED by name: "red", "orange", "yellow", "blue" (alarm grades), "status"."""
         raise NotImplementedError

@@ -22,9 +22,13 @@ from firmware.hal.base import Hal
 
 # ESP32-S3-DevKitC-1 reference wiring. GPIOs chosen away from strapping pins (0, 3, 45,
 # 46), USB (19, 20), octal PSRAM/flash (26-37) and UART0 (43, 44).
+# UARTs: 1 = the BP module; 2 = the gateway frame link (reference: nothing else ever
+# writes there); 0 = the USB-UART bridge, which also carries the REPL console and the ROM
+# boot log ("console_uart"): a frame link there works, with frames written whole.
 BOARD = {
     "i2c": {0: {"sda": 8, "scl": 9, "freq": 400000}},
-    "uart": {1: {"tx": 17, "rx": 18}},
+    "uart": {1: {"tx": 17, "rx": 18}, 2: {"tx": 11, "rx": 12}, 0: {"tx": 43, "rx": 44}},
+    "console_uart": 0,
     "leds": {"red": 4, "orange": 5, "yellow": 6, "blue": 7, "status": 15},
     "led_active_low": (),
     "buzzer": 16,
@@ -32,6 +36,9 @@ BOARD = {
     "battery_divider": 2.0,  # 100k/100k from the cell to the ADC pin
 }
 
+# TX buffer of a UART shared with the console: a whole frame (protocol.frames maximum plus
+# COBS and CRC overhead) fits, so writing one never blocks the loop for long.
+_CONSOLE_TXBUF = 4608
 _UNIX_EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0
 _RESET_MARKER = "reset-requested"
 
@@ -134,11 +141,26 @@ class Esp32Hal(Hal):
                                          scl=machine.Pin(pins["scl"]), freq=pins["freq"])
         return self._i2c[bus]
 
+    def uart_shares_console(self, port):
+        return port == self.board.get("console_uart")
+
     def uart(self, port=1, baudrate=9600):
         if port not in self._uarts:
+            if port not in self.board["uart"]:
+                raise ValueError("UART %d is not wired on this board (wired: %s)"
+                                 % (port, sorted(self.board["uart"])))
             pins = self.board["uart"][port]
-            self._uarts[port] = machine.UART(port, baudrate=baudrate, tx=pins["tx"],
-                                             rx=pins["rx"], timeout=0, rxbuf=512)
+            if self.uart_shares_console(port):
+                # COBS frames may hold 0x03: it must not raise KeyboardInterrupt.
+                import micropython
+
+                micropython.kbd_intr(-1)
+                self._uarts[port] = machine.UART(port, baudrate=baudrate, tx=pins["tx"],
+                                                 rx=pins["rx"], timeout=0, rxbuf=1024,
+                                                 txbuf=_CONSOLE_TXBUF)
+            else:
+                self._uarts[port] = machine.UART(port, baudrate=baudrate, tx=pins["tx"],
+                                                 rx=pins["rx"], timeout=0, rxbuf=512)
         else:
             self._uarts[port].init(baudrate=baudrate)
         return self._uarts[port]

@@ -1,10 +1,14 @@
 """Serial transport: protocol.frames (COBS + CRC-32) over a HAL UART.
 
 Outbound, each envelope is one frame, written in chunks so other tasks run between them;
-send() calls are serialised so frames never interleave. Inbound, a FrameDecoder turns
-whatever arrives into payloads: garbage, truncated frames and oversized runs are
-dropped and counted (`frames_bad`, `bytes_discarded`), never raised, and the decoder
-resynchronises at the next 0x00 delimiter. Memory is bounded by `max_payload`.
+send() calls are serialised so frames never interleave. On a UART that the console also
+writes to (hal.uart_shares_console: ESP32 UART0 with the REPL), a print from another task
+between two chunks would land inside the frame, so there each frame is written in one
+call, with no yield: prints fall between frames, where the host's splitter takes them.
+Inbound, a FrameDecoder turns whatever arrives into payloads: garbage, truncated frames
+and oversized runs are dropped and counted (`frames_bad`, `bytes_discarded`), never
+raised, and the decoder resynchronises at the next 0x00 delimiter. Memory is bounded by
+`max_payload`.
 
 Link detection on a plain UART (no carrier, no DTR on the reference board): the link is
 reported up as soon as the transport starts -- a frame written to an absent gateway is
@@ -46,6 +50,8 @@ class UartTransport(Transport):
         super().__init__()
         self.hal = hal
         self.uart = uart if uart is not None else hal.uart(port, baudrate)
+        shares = getattr(hal, "uart_shares_console", None)
+        self.whole_frames = bool(shares is not None and shares(port))
         self.max_payload = max_payload
         self.poll_ms = poll_ms
         self.read_chunk = read_chunk
@@ -96,6 +102,9 @@ class UartTransport(Transport):
             self.watch.sent(kind, self.hal.ticks_ms())
 
     async def _write_all(self, data):
+        if self.whole_frames:
+            self._write_whole(data)
+            return
         view = memoryview(data)
         sent = 0
         while sent < len(data):
@@ -104,6 +113,17 @@ class UartTransport(Transport):
                 sent += written
             # Yield between chunks (and wait for room when the driver took nothing).
             await self.hal.asleep_ms(0 if written else self.poll_ms)
+
+    def _write_whole(self, data):
+        # No await until the frame is out: nothing else in this interpreter can print.
+        view = memoryview(data)
+        sent = 0
+        while sent < len(data):
+            written = self.uart.write(view[sent:])
+            if written:
+                sent += written
+            else:
+                self.hal.sleep_ms(1)  # driver buffer full: wait for the wire, blocking
 
     def _link(self, up):
         if up != self.connected:

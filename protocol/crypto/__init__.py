@@ -74,9 +74,39 @@ def hmac_sha256(key, data) -> bytes:
     return _hmac.digest(key, data, "sha256")
 
 
+class _CKey:
+    """CPython's keyed HMAC: the C hmac, with the PaddedKey interface."""
+
+    def __init__(self, key):
+        self.key = bytes(key)
+
+    def digest(self, data, more=b"") -> bytes:
+        return _hmac.digest(self.key, bytes(data) + bytes(more), "sha256")
+
+
+_Keyed = _pure_hmac.PaddedKey if _ON_MICROPYTHON else _CKey
+_KEYED_CACHE_MAX = 4
+# key -> keyed HMAC. A device alternates between its session's device and gateway keys
+# (seal a batch, check an ack): a few entries, cleared when full so old keys do not pile up.
+_keyed_cache = {}
+
+
+def hmac_key(key):
+    """HMAC-SHA256 under a key used again and again -> object with digest(data, more=b"")
+    = HMAC(key, data + more). On MicroPython the pad XOR (most of an HMAC's interpreted
+    cost) is done once per key; the last few keys are kept."""
+    key = bytes(key)
+    keyed = _keyed_cache.get(key)
+    if keyed is None:
+        if len(_keyed_cache) >= _KEYED_CACHE_MAX:
+            _keyed_cache.clear()
+        keyed = _keyed_cache[key] = _Keyed(key)
+    return keyed
+
+
 def hkdf_sha256(ikm, salt, info, length) -> bytes:
     """RFC 5869 HKDF-SHA256; salt b"" (or None) means 32 zero bytes; length <= 8160."""
-    return _pure_hmac.hkdf_sha256(ikm, salt, info, length, hmac_sha256)
+    return _pure_hmac.hkdf_sha256(ikm, salt, info, length, _Keyed)
 
 
 def constant_time_equal(a, b) -> bool:

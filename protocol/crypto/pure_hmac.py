@@ -2,7 +2,9 @@
 
 Built only on hashlib.sha256, which MicroPython has (in hardware on the ESP32). MicroPython's
 hash objects cannot be copied, so each HMAC hashes its padded key afresh: two extra 64-byte
-blocks, negligible next to a signature.
+blocks (native). What is worth keeping is the XOR of the two pads, done in interpreted code:
+PaddedKey does it once per key, for callers that MAC many messages under one key (a
+session's batches and acks, HKDF's expand blocks).
 """
 
 import hashlib
@@ -11,38 +13,49 @@ _BLOCK_SIZE = 64
 _DIGEST_SIZE = 32
 
 
-def _xor_pad(key, pad):
-    return bytes(key[i] ^ pad for i in range(_BLOCK_SIZE))
+class PaddedKey:
+    """HMAC-SHA256 under one key (any length) whose inner and outer pads are XORed once."""
+
+    def __init__(self, key):
+        if len(key) > _BLOCK_SIZE:
+            key = hashlib.sha256(key).digest()
+        fill = _BLOCK_SIZE - len(key)
+        self._inner = bytes([byte ^ 0x36 for byte in key]) + b"\x36" * fill
+        self._outer = bytes([byte ^ 0x5C for byte in key]) + b"\x5c" * fill
+
+    def digest(self, data, more=b"") -> bytes:
+        """HMAC of data + more (hashed in two pieces: no concatenated copy)."""
+        inner = hashlib.sha256(self._inner)
+        inner.update(data)
+        inner.update(more)
+        outer = hashlib.sha256(self._outer)
+        outer.update(inner.digest())
+        return outer.digest()
 
 
 def hmac_sha256(key, data) -> bytes:
     """Return HMAC-SHA256(key, data); key and data are bytes-like of any length."""
-    if len(key) > _BLOCK_SIZE:
-        key = hashlib.sha256(key).digest()
-    key = bytes(key) + bytes(_BLOCK_SIZE - len(key))
-    inner = hashlib.sha256(_xor_pad(key, 0x36))
-    inner.update(data)
-    outer = hashlib.sha256(_xor_pad(key, 0x5C))
-    outer.update(inner.digest())
-    return outer.digest()
+    return PaddedKey(key).digest(data)
 
 
-def hkdf_sha256(ikm, salt, info, length, hmac_function=hmac_sha256) -> bytes:
+def hkdf_sha256(ikm, salt, info, length, keyed=PaddedKey) -> bytes:
     """RFC 5869 extract-then-expand. An empty salt means HashLen zero bytes, as the RFC says.
 
-    hmac_function lets CPython pass its C implementation; the algorithm stays in one place.
+    keyed(key) -> an object whose digest(data) is HMAC-SHA256 under key (CPython passes
+    one over its C hmac); the PRK is padded once for all expand blocks.
     """
     if length < 0 or length > 255 * _DIGEST_SIZE:
         raise ValueError("HKDF-SHA256 length must be 0..8160")
     if not salt:
         salt = bytes(_DIGEST_SIZE)
-    prk = hmac_function(salt, ikm)
+    prk = keyed(salt).digest(ikm)
+    expand = keyed(prk)
     info = bytes(info)
     output = b""
     block = b""
     counter = 1
     while len(output) < length:
-        block = hmac_function(prk, block + info + bytes((counter,)))
+        block = expand.digest(block + info + bytes((counter,)))
         output += block
         counter += 1
     return output[:length]

@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol import cbor, cose, crypto, sealing, senml
+from protocol.crypto import pure_hmac
 
 KEY = bytes(range(32))
 # bstr lengths where the CBOR head changes size: 1 byte up to 23, 2 up to 255, 3 above.
@@ -65,14 +66,19 @@ def test_sign1_bytes_equal_the_generic_construction(payload, kid, aad, tagged):
     assert made == cbor.dumps(cbor.Tag(cose.TAG_SIGN1, items) if tagged else items)
 
 
-@given(key=st.binary(min_size=32, max_size=32), data=st.binary(max_size=300))
-def test_padded_key_hmac_equals_hmac_sha256(key, data):
-    # The MicroPython HMAC path, run here on CPython's hashlib.
-    assert cose._PaddedKey(key).digest(data) == hmac.new(key, data, hashlib.sha256).digest()
+@given(key=st.binary(max_size=140), data=st.binary(max_size=300),
+       split=st.integers(min_value=0, max_value=300))
+def test_padded_key_hmac_equals_hmac_sha256(key, data, split):
+    # The MicroPython HMAC path, run here on CPython's hashlib; keys of any length.
+    expected = hmac.new(key, data, hashlib.sha256).digest()
+    assert pure_hmac.PaddedKey(key).digest(data[:split], data[split:]) == expected
+    assert crypto.hmac_key(key).digest(data[:split], data[split:]) == expected
+    assert pure_hmac.hkdf_sha256(key, b"salt", b"info", 80) == \
+        crypto.hkdf_sha256(key, b"salt", b"info", 80)
 
 
 def test_padded_key_rfc4231_case_1():
-    digest = cose._PaddedKey(b"\x0b" * 20).digest(b"Hi There")
+    digest = pure_hmac.PaddedKey(b"\x0b" * 20).digest(b"Hi There")
     assert digest.hex() == "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
 
 
