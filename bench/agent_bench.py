@@ -203,6 +203,9 @@ class Bench:
         self.latency_publish: list[float] = []
         self.latency_puback: list[float] = []
         self._alarm_received: dict[bytes, float] = {}
+        # The journal hands an alarm to the uplink at its commit: its PUBACK can come back
+        # before the alarm path reports it journaled. digest -> wall time of the PUBACK.
+        self._alarm_acked_first: dict[bytes, float] = {}
 
     def config(self) -> Any:
         return parse_config({
@@ -233,7 +236,11 @@ class Bench:
         def on_journaled(alarm: Any) -> None:
             journaled(alarm)
             if alarm.received_at is not None:
-                self._alarm_received[alarm.digest] = alarm.received_at
+                acked = self._alarm_acked_first.pop(alarm.digest, None)
+                if acked is not None:
+                    self.latency_puback.append(acked - alarm.received_at)
+                else:
+                    self._alarm_received[alarm.digest] = alarm.received_at
 
         def on_latency(seconds: float, grade: str) -> None:
             self.latency_publish.append(seconds)
@@ -243,6 +250,8 @@ class Bench:
             received = self._alarm_received.pop(sent.digest, None)
             if received is not None:
                 self.latency_puback.append(time.time() - received)
+            elif sent.kind == topics.UP_ALARM:
+                self._alarm_acked_first[sent.digest] = time.time()
             acknowledged(sent, code, at)
 
         service.alarms._on_journaled = on_journaled

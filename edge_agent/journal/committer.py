@@ -7,12 +7,17 @@ appends share one commit: a group is committed when `group_max` items are pendin
 (priority >= `urgent_priority`) never wait for that window nor behind queued routine items:
 the writer commits them next, in their own small transaction. The event loop never blocks on
 SQLite or fsync; every store operation runs on the writer thread, which owns the connection.
+
+Urgent hand-over: a consumer registered with `hand_over_urgent` (the uplink) receives every
+urgent row right after the commit that made it durable, already claimed, so an alarm goes
+out without a `next_batch` round trip that would queue behind the writer's other work.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import os
 import threading
@@ -35,6 +40,7 @@ from edge_agent.journal.store import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger("vitalbridge.journal")
 
 DAY_S = 86400.0
 # While committing a routine group, look for waiting urgent items every this many rows.
@@ -112,6 +118,8 @@ class Journal:
         self._stored_event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Future[None] | None = None
+        self._urgent_consumer: Callable[[list[StoredMessage]], None] | None = None
+        self._hand_over_missed = False
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -239,6 +247,49 @@ class Journal:
         if ids:
             with contextlib.suppress(JournalClosedError):
                 self._call_soon(lambda store: store.release(ids, failed=False))
+
+    def hand_over_urgent(
+        self, consumer: Callable[[list[StoredMessage]], None] | None
+    ) -> None:
+        """Register (or, with None, detach) the receiver of urgent rows: called on the event
+        loop after each commit with the urgent rows it made durable that are `stored` and not
+        yet claimed, claimed for it (give them back with `release`, like `next_batch` rows).
+        Rows in transit when the consumer changes are released, never stranded."""
+        self._urgent_consumer = consumer
+
+    def take_missed_hand_over(self) -> bool:
+        """True (once) if urgent rows were committed but could not be handed over: the
+        consumer must then claim them with `next_batch`."""
+        missed, self._hand_over_missed = self._hand_over_missed, False
+        return missed
+
+    def _hand_over(self, store: JournalStore, ids: list[int]) -> None:
+        """Writer thread, after a commit: claim the committed urgent rows for the consumer."""
+        consumer, loop = self._urgent_consumer, self._loop
+        if consumer is None or loop is None:
+            return
+        try:
+            rows = store.claim_committed(ids)
+        except Exception:  # the rows are durable: the consumer must look for them itself
+            log.exception("urgent hand-over could not claim %d committed rows", len(ids))
+            self._hand_over_missed = True
+            return
+        if rows:
+            self._post_call(loop, lambda: self._deliver_urgent(consumer, rows))
+
+    def _deliver_urgent(
+        self, consumer: Callable[[list[StoredMessage]], None], rows: list[StoredMessage]
+    ) -> None:
+        """Event loop: hand the rows over, or give them back if the consumer is gone."""
+        if self._urgent_consumer is consumer:
+            try:
+                consumer(rows)
+                return
+            except Exception:
+                log.exception("urgent hand-over failed; %d rows released", len(rows))
+        ids = [row.id for row in rows]
+        with contextlib.suppress(JournalClosedError):
+            self._call_soon(lambda store: store.release(ids, failed=False))
 
     async def mark_sent(self, ids: Iterable[int], at: float | None = None) -> int:
         ids = list(ids)
@@ -406,6 +457,10 @@ class Journal:
                 self._commit(store, [job])
             return
         self._post_by_loop(done, [(j.future, i, None) for j, i in zip(done, ids, strict=True)])
+        if self._urgent_consumer is not None:
+            urgent = [i for j, i in zip(done, ids, strict=True) if self._is_urgent(j.item)]
+            if urgent:
+                self._hand_over(store, urgent)
         if leftover:
             with self._cond:
                 self._routine.extendleft(reversed(leftover))

@@ -11,8 +11,12 @@ than the broker's Receive Maximum allows. `urgent_reserve` of those slots are re
 priority >= 1 (critical readings, alarms): routine rows never fill them, so an alarm committed
 while a backlog drains is published at once instead of waiting for a routine PUBACK. Rows are
 claimed ahead (`prefetch`) into two ready lanes, urgent and routine, so a freed slot is refilled
-from memory; every journal commit triggers a small claim that finds a new alarm first. At most
-`max_unconfirmed` routine messages may await their receipt (end-to-end flow control).
+from memory. A newly committed urgent row is handed over by the journal itself, already claimed
+(`Journal.hand_over_urgent`), so it skips the claim round trip; small urgent claims remain for
+rows that become eligible again (releases, reconnects, receipt timeouts). Routine publishing may
+use at most `routine_cpu_share` of the event loop's time, so a drain leaves room for ingest and
+alarms. At most `max_unconfirmed` routine messages may await their receipt (end-to-end flow
+control).
 
 Journal writes are batched: PUBACKs, releases and receipts are buffered and written by one
 flusher task (one transaction per kind per flush), never one fsync per message.
@@ -87,6 +91,9 @@ class DeliveryConfig:
     # trip (which may wait behind a commit's fsync).
     prefetch: int = 256
     prefetch_bytes: int = 1 << 20
+    # Rows per routine claim: each claim is one job on the journal's writer thread, and an
+    # alarm's commit waits for the job in progress, so claims are kept short.
+    claim_chunk: int = 64
     # End-to-end flow control: routine messages sent but not yet confirmed by a receipt. A
     # centre slower than the gateway then slows the gateway down instead of filling the
     # broker's queue for it (mosquitto drops QoS 1 messages past max_queued_messages, after
@@ -100,17 +107,26 @@ class DeliveryConfig:
     transient_retry_s: float = 5.0  # ...after a transient one (quota exceeded...)
     urgent_retry_s: float = 5.0  # alarms and critical streams are retried at least this often
     stop_timeout_s: float = 5.0
+    # CPU share: routine publishing (paho's publish, the observers) may use at most this
+    # fraction of the event loop's time, measured, so a backlog drain leaves the loop free
+    # for ingest, rules and alarms (which are never limited). 1.0 = no limit.
+    routine_cpu_share: float = 0.35
+    routine_burst_s: float = 0.01  # loop time routine publishing may use in one go
 
     def __post_init__(self) -> None:
         topics.check_id("gateway_id", self.gateway_id)
         for name in (
             "max_in_flight", "max_in_flight_bytes", "prefetch", "prefetch_bytes",
-            "max_unconfirmed", "flush_threshold",
+            "claim_chunk", "max_unconfirmed", "flush_threshold",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if not 0 <= self.urgent_reserve < self.max_in_flight:
             raise ValueError("urgent_reserve must be in [0, max_in_flight)")
+        if not (math.isfinite(self.routine_cpu_share) and 0 < self.routine_cpu_share <= 1):
+            raise ValueError("routine_cpu_share must be in (0, 1]")
+        if not (math.isfinite(self.routine_burst_s) and self.routine_burst_s > 0):
+            raise ValueError("routine_burst_s must be a finite number > 0")
         for name in (
             "flush_interval_s", "receipt_timeout_s", "sweep_interval_s", "refusal_retry_s",
             "transient_retry_s", "urgent_retry_s", "stop_timeout_s",
@@ -286,6 +302,11 @@ class Delivery:
         self._flush_lock = asyncio.Lock()  # one journal write sequence at a time
         self._window_empty = asyncio.Event()
         self._window_empty.set()
+        self._chunk = min(config.claim_chunk, max(1, config.prefetch // 2))  # smallest claim
+        # Loop time (s) routine publishing may still use; refilled at routine_cpu_share.
+        self._budget = config.routine_burst_s
+        self._budget_at = time.perf_counter()
+        self._budget_resume: asyncio.TimerHandle | None = None
         self._pump_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._n = dict.fromkeys(_COUNTERS, 0)
@@ -297,6 +318,9 @@ class Delivery:
 
     async def start(self) -> None:
         self.link.start(self._on_events)
+        # Urgent rows come straight from the commit that made them durable (no claim round
+        # trip through the journal's writer, which a drain keeps busy).
+        self.journal.hand_over_urgent(self._take_urgent)
         self._pump_task = asyncio.create_task(self._pump())
         for coro in (self._watch_journal(), self._flusher(), self._sweeper()):
             self._tasks.append(asyncio.create_task(coro))
@@ -307,6 +331,7 @@ class Delivery:
         if self._stopping:
             return
         self._stopping = True
+        self.journal.hand_over_urgent(None)  # rows still in transit are released by the journal
         self._wake.set()
         if self._pump_task is not None:  # it finishes the fetch in hand, then returns
             await asyncio.gather(self._pump_task, return_exceptions=True)
@@ -316,6 +341,9 @@ class Delivery:
         for handle in self._paused.values():
             handle.cancel()
         self._paused.clear()
+        if self._budget_resume is not None:
+            self._budget_resume.cancel()
+            self._budget_resume = None
         self._release_all_claims()
         await self._flush()
         await self.link.close(timeout=max(wait, 1.0))
@@ -398,14 +426,15 @@ class Delivery:
             rows = await self._claim_urgent()
         else:
             ready_room = self.config.prefetch - len(self._ready_routine)
-            # Claim in chunks of at least half the prefetch: few journal round trips.
-            if not (self._more and ready_room >= max(1, self.config.prefetch // 2)):
+            # Claim in chunks: few journal round trips, none of them long (claim_chunk).
+            if not (self._more and ready_room >= self._chunk):
                 return False
             self._more = False  # set again by any commit meanwhile
+            limit = min(ready_room, self.config.claim_chunk)
             rows = await self.journal.next_batch(
-                limit=ready_room, max_bytes=self.config.prefetch_bytes
+                limit=limit, max_bytes=self.config.prefetch_bytes
             )
-            if len(rows) == ready_room:
+            if len(rows) == limit:
                 self._more = True
         if self._stopping:  # stop() began while we waited for the journal
             await self.journal.release([r.id for r in rows], failed=False)
@@ -417,7 +446,8 @@ class Delivery:
         return bool(rows)
 
     async def _claim_urgent(self) -> list[StoredMessage]:
-        """Something was committed: claim urgent rows one at a time (the journal returns the
+        """Rows may have become eligible (released, reverted, reconnected, a missed
+        hand-over): claim urgent rows one at a time (the journal returns the
         highest priority first, so each small claim returns quickly) until a routine row shows
         up. That row is kept if the routine lane has room, else given back."""
         urgent: list[StoredMessage] = []
@@ -436,6 +466,15 @@ class Delivery:
         self._urgent_hint = True  # there may be more
         return urgent
 
+    def _take_urgent(self, rows: list[StoredMessage]) -> None:
+        """The journal's hand-over: urgent rows just committed, already claimed for us."""
+        if self._stopping:
+            self._pending.release_clean.extend(row.id for row in rows)
+            self._flush_due.set()
+            return
+        self._ready_urgent.extend(rows)
+        self._drain_ready()
+
     def _drain_ready(self) -> None:
         """Publish ready rows into free window slots: urgent first, into any free slot;
         routine only into unreserved slots and within the byte budget."""
@@ -445,15 +484,40 @@ class Delivery:
             self._publish(self._ready_urgent.popleft())
         routine_slots = self._capacity - self._reserve
         unconfirmed_room = self.config.max_unconfirmed - len(self._awaiting)
+        limited = self.config.routine_cpu_share < 1.0
+        clock = time.perf_counter
         while (
             self._ready_routine
             and self._window_routine < min(routine_slots, unconfirmed_room)
             and len(self._window) < self._capacity
             and self._window_bytes < self.config.max_in_flight_bytes
         ):
+            if limited and not self._routine_budget_left():
+                break
+            started = clock()
             self._publish(self._ready_routine.popleft())
-        if len(self._ready_routine) < self.config.prefetch // 2:
+            self._budget -= clock() - started
+        if self.config.prefetch - len(self._ready_routine) >= self._chunk:
             self._wake.set()  # time to claim more
+
+    def _routine_budget_left(self) -> bool:
+        """Refill the routine CPU budget; if it is spent, resume when it has recovered."""
+        cfg = self.config
+        now = time.perf_counter()
+        self._budget = min(
+            cfg.routine_burst_s, self._budget + (now - self._budget_at) * cfg.routine_cpu_share
+        )
+        self._budget_at = now
+        if self._budget > 0:
+            return True
+        if self._budget_resume is None:
+            delay = (cfg.routine_burst_s / 2 - self._budget) / cfg.routine_cpu_share
+            self._budget_resume = asyncio.get_running_loop().call_later(delay, self._resume)
+        return False
+
+    def _resume(self) -> None:
+        self._budget_resume = None
+        self._drain_ready()
 
     def _topic_for(self, row: StoredMessage) -> str:
         key = (row.kind, row.device_id)
@@ -717,10 +781,16 @@ class Delivery:
     # -- background duties --------------------------------------------------------------------
 
     async def _watch_journal(self) -> None:
-        """Wake the pump whenever something was committed (it may be an alarm)."""
+        """Wake the pump whenever something was committed. Urgent rows arrive by hand-over
+        (`_take_urgent`); only if the journal could not hand some over must we look."""
+        # A journal configured to commit only alarms at once hands over only those: then
+        # critical readings are still looked for after every commit.
+        partial = self.journal.config.urgent_priority > Priority.CRITICAL
         while True:
             await self.journal.wait_for_stored()
-            self._more = self._urgent_hint = True
+            self._more = True
+            if self.journal.take_missed_hand_over() or partial:
+                self._urgent_hint = True
             self._wake.set()
 
     async def _sweeper(self) -> None:
