@@ -35,13 +35,16 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from edge_agent.agent.alarm_path import AlarmPath, JournaledAlarm
+from edge_agent.agent.alarm_path import AlarmPath, JournaledAlarm, PatientDevices
 from edge_agent.agent.durable import CursorFile, LimitCommandStore
 from edge_agent.agent.observed_link import ObservedLink, Transmission
 from edge_agent.agent.reception import Inbound, LinkRef, Outcome, Reception
 from edge_agent.agent.recorder import EventRecorder
 from edge_agent.alarms import evaluator as rules
+from edge_agent.alarms import history
+from edge_agent.alarms.dispatch import AlarmDispatch
 from edge_agent.alarms.evaluator import Evaluator, EvaluatorConfig
 from edge_agent.alarms.lifecycle import AlarmLifecycle, LifecycleConfig
 from edge_agent.alarms.limits import LimitsBook
@@ -50,6 +53,7 @@ from edge_agent.ca import keyfiles
 from edge_agent.config import AgentConfig
 from edge_agent.directory_registry import RegistryDirectory
 from edge_agent.eventlog import Checkpoint
+from edge_agent.inbox.agent import raise_compromise_alarm, start_inbox
 from edge_agent.journal import (
     Journal,
     JournalConfig,
@@ -65,6 +69,8 @@ from edge_agent.metrics import AgentMetrics, MetricsServer
 from edge_agent.pipeline import Attestor, GatewayKeys, Observation, SessionTable, StateStore
 from edge_agent.pipeline import verifier as verdicts
 from edge_agent.registry import NotFoundError, Registry
+from edge_agent.registry.links import registered_links
+from edge_agent.reseal.agent_hook import reseal_guard  # RENEWAL helper
 from edge_agent.uplink import (
     PUBACK_REASONS,
     Delivery,
@@ -152,6 +158,9 @@ class AgentService:
         self._certificates_journaled: set[bytes] = set()
         self._alarm_started: dict[bytes, tuple[float, str]] = {}  # digest -> (received, grade)
         self._published_at: dict[bytes, tuple[float, str]] = {}  # digest -> (monotonic, prio)
+        # PERF hook: the journal hands an alarm to the uplink right after its commit, so its
+        # publish may come before the alarm path reports it journaled. digest -> wall time.
+        self._alarm_published_first: dict[bytes, float] = {}
         self._refusing: set[str] = set()  # topics the broker refused and has not taken since
         self.serial: Any = None
         self.ble: Any = None
@@ -186,6 +195,10 @@ class AgentService:
         self.registry = Registry.open_in(data_dir)
         self._closers.append(self.registry.close)
         self._check_enrolled(self.registry)
+        # MANUAL helper: a link at a registered standard device's address carries its id
+        for note in registered_links(self.registry, cfg, self._serial_devices,
+                                     self._ble_devices):
+            log.warning("%s", note)
         keys = GatewayKeys(self.gateway_id, keys[0], keys[1],
                            previous_issuers=self._previous_issuers(keys[0]))
         self.engine = LifecycleEngine(self.registry, on_event=self._lifecycle_event)
@@ -212,7 +225,8 @@ class AgentService:
         restored = await self._in_store_thread(self.alarm_store.load_open)
         evaluator = Evaluator(LimitsBook(), EvaluatorConfig(
             offline_after=cfg.alarms.offline_after_s,
-            battery_low=cfg.alarms.battery_low_percent))
+            battery_low=cfg.alarms.battery_low_percent),
+            continuous_link=self._continuous_link)  # ALARM-2 hook: no offline for manual
         lifecycle = AlarmLifecycle(LifecycleConfig(
             escalate_after=cfg.alarms.escalate_after_s,
             max_escalation_level=cfg.alarms.max_escalation_level), restored=restored)
@@ -230,7 +244,8 @@ class AgentService:
         self.reception = Reception(self.verifier, self.attestor, self.journal,
                                    reply=self._reply, on_durable=self._durable,
                                    on_verified=self._verified)
-        self.link = ObservedLink(MqttLink(self._link_config()), self, time.monotonic)
+        mqtt_link = MqttLink(self._link_config())
+        self.link = ObservedLink(mqtt_link, self, time.monotonic)
         self.delivery = Delivery(self.journal, self.link, DeliveryConfig(
             self.gateway_id, max_in_flight=cfg.uplink.max_in_flight,
             urgent_reserve=cfg.uplink.urgent_reserve,
@@ -239,14 +254,16 @@ class AgentService:
             sweep_interval_s=cfg.uplink.sweep_interval_s,
             stop_timeout_s=cfg.uplink.stop_timeout_s),
             on_alarm=self._technical_alarm, on_downlink=self._downlink)
+        self._start_alarm_dispatch(mqtt_link)  # ALARM-MESSAGES hook (docs/alarms.md)
 
-        await self.alarms.start()
+        await self.alarms.start(await self._rules_history(evaluator))  # ALARM-2 hook
         reissued = await self.alarms.journal_open_alarms()
         self._lifecycle_tick()
         await self._journal_certificates()
         await self._journal_latest_checkpoint()
         await self.reception.start()
         await self.delivery.start()
+        self.inbox = await start_inbox(self, data_dir)  # MANUAL helper: CLI -> agent (inbox/)
         if cfg.metrics.port is not None:
             self._metrics_server = self.metrics.start_http_server(cfg.metrics.port,
                                                                   cfg.metrics.addr)
@@ -262,6 +279,52 @@ class AgentService:
                  len(cfg.serial), len(cfg.ble.devices), len(lifecycle.open_alarms()),
                  reissued, restored_limits)
         sd_notify("READY=1")
+
+    # ALARM-2 hooks (docs/alarms.md "Restart" and "Technical conditions") -----------------
+
+    async def _rules_history(self, evaluator: Evaluator) -> list[rules.Reading]:
+        """The readings journaled within the rules' rebuild window, so persistence clocks
+        survive this restart. Trouble here must not stop the agent: it only costs the
+        clocks (logged), as before this existed."""
+        since = self._clock() - evaluator.config.rebuild_window
+        try:
+            batches = await self._in_store_thread(
+                lambda: history.journaled_batches(self.journal_path, since))
+            return history.rule_readings_of(batches, self.directory)
+        except Exception:
+            log.exception("rules history not rebuilt from the journal")
+            return []
+
+    def _continuous_link(self, device_id: str) -> bool:
+        """Offline tracking only for devices with a link (not a patient's manual source)."""
+        try:
+            return self.registry.device(device_id).kind != "manual"
+        except NotFoundError:
+            return True
+
+    def manual_received(self, message: NewMessage) -> None:
+        """A manual entry journaled by the inbox, documented like any receipt."""
+        self._reception_entry(LinkRef("manual", "inbox", message.device_id or ""), message,
+                              "manual")
+
+    def _start_alarm_dispatch(self, mqtt_link: MqttLink) -> None:
+        """ALARM-MESSAGES hook: the notification policy, patient-device feedback and the
+        retained active set (edge_agent/alarms/dispatch.py) behind the alarm path."""
+        cfg = self.config
+        links = {d.device: LinkRef("serial", d.port.name, d.device) for d in cfg.serial}
+        links.update({d.device: LinkRef("ble", d.config.name, d.device)
+                      for d in cfg.ble.devices})
+        policy = cfg.alarms.notify
+        topic = topics.up(self.gateway_id, topics.UP_ALARMS)
+        self.alarm_dispatch = AlarmDispatch(
+            policy, self.alarms.lifecycle, notified=self.alarms.notified,
+            devices=PatientDevices(self.directory.patient_at, self.sessions.current, links,
+                                   self._online, self._reply),
+            publish_set=lambda payload: mqtt_link.publish(topic, payload, retain=True).accepted,
+            link_epoch=lambda: (self.delivery.counters().reconnects
+                                if mqtt_link.is_connected() else None),
+            clock=self._clock, zone=ZoneInfo(policy.timezone) if policy.timezone else None)
+        self.alarms.observer = self.alarm_dispatch
 
     def _private_dir(self, path: Path, key: str) -> Path:
         try:
@@ -350,10 +413,14 @@ class AgentService:
         self._tasks.clear()
         await self._step("serial ingest", self.serial.stop() if self.serial else None)
         await self._step("ble ingest", self.ble.stop() if self.ble else None)
+        if getattr(self, "inbox", None) is not None:  # MANUAL helper: no new inbox entries
+            await self._step("inbox", self.inbox.stop())
         if hasattr(self, "reception"):
             await self._step("reception", self.reception.stop())
         if hasattr(self, "alarms"):
             await self._step("alarm steps", self.alarms.stop())
+        if hasattr(self, "alarm_dispatch"):
+            await self._step("alarm notifications", self.alarm_dispatch.stop())
         if hasattr(self, "delivery"):
             await self._step("uplink", self.delivery.stop(self.config.uplink.stop_timeout_s))
         if hasattr(self, "recorder"):
@@ -468,6 +535,11 @@ class AgentService:
             online.add(link.link)
         else:
             online.discard(link.link)
+        if hasattr(self, "alarm_dispatch"):  # ALARM-MESSAGES hook: feedback on (re)connect
+            if connected:
+                self.alarm_dispatch.device_ready(link.device_id)
+            else:
+                self.alarm_dispatch.device_gone(link.device_id)
         log.info("%s %s (%s): %s", link.transport, link.link, link.device_id,
                  "connected" if connected else f"link lost: {reason}")
 
@@ -522,7 +594,7 @@ class AgentService:
                         "tools, the agent does not", link.link)
 
     def _reception_entry(self, link: LinkRef, message: NewMessage, verdict: str) -> None:
-        if message.kind == topics.UP_READINGS:
+        if message.kind == topics.UP_READINGS:  # manual entries too (transport "manual")
             self.metrics.count_ingest(link.transport, verdict, message.count)
         details: dict[str, Any] = {"device": link.device_id, "transport": link.transport,
                                    "verdict": verdict, "count": message.count,
@@ -557,6 +629,7 @@ class AgentService:
             self.recorder.record("key.activated", "agent", f"key:{session.kid.hex()}",
                                  {"key_id": session.kid.hex(), "owner": device})
         self._spawn(self._journal_device_certificate(device), f"certificate of {device}")
+        self.alarm_dispatch.device_ready(device)  # ALARM-MESSAGES hook: new session, tell it
 
     def _device_event(self, link: LinkRef, event: Any, at: float) -> None:
         name = event.name
@@ -589,6 +662,7 @@ class AgentService:
             ended = self.verifier.withdraw_device(event.holder_id, event.reason, event.at)
             log.error("device %s compromised (%s): %d sessions withdrawn", event.holder_id,
                       event.reason, len(ended))
+            raise_compromise_alarm(self, event.holder_id, event.reason, event.at)  # MANUAL
         kind = {"compromised": "key.compromised", "retired": "key.retired",
                 "expired": "key.retired", "destroyed": "key.destroyed"}.get(event.kind)
         for kid in event.keys:
@@ -608,7 +682,8 @@ class AgentService:
 
     def _lifecycle_tick(self) -> int | None:
         now = int(self._clock())
-        result = self.engine.tick(now, self._destroy)
+        # RENEWAL helper: re-seal what only a retired key verifies before destroying it
+        result = self.engine.tick(now, reseal_guard(self, self._destroy))
         for task in result.overdue:
             log.error("key %s of %s %s is overdue for destruction (deadline %d)", task.kid,
                       task.holder_kind, task.holder_id, task.deadline)
@@ -688,6 +763,10 @@ class AgentService:
 
     def _alarm_journaled(self, alarm: JournaledAlarm) -> None:
         if alarm.received_at is not None and alarm.kind in ("raised", "regraded", "recurred"):
+            published = self._alarm_published_first.pop(alarm.digest, None)
+            if published is not None:
+                self.metrics.observe_alarm_latency(published - alarm.received_at, alarm.grade)
+                return
             self._alarm_started[alarm.digest] = (alarm.received_at, alarm.grade)
             _bound(self._alarm_started)
 
@@ -697,6 +776,9 @@ class AgentService:
         started = self._alarm_started.pop(sent.digest, None)
         if started is not None:
             self.metrics.observe_alarm_latency(self._clock() - started[0], started[1])
+        elif sent.kind == topics.UP_ALARM:
+            self._alarm_published_first[sent.digest] = self._clock()
+            _bound(self._alarm_published_first)
         self._published_at[sent.digest] = (sent.published_at,
                                            "alarm" if sent.kind == topics.UP_ALARM else "routine")
         _bound(self._published_at)
@@ -751,10 +833,12 @@ class AgentService:
 
     async def _alarm_tick(self) -> float:
         self.alarms.tick(self._clock())
+        self.alarm_dispatch.tick()  # ALARM-MESSAGES hook: quiet hours, retained set
         return ALARM_TICK_S
 
     async def _housekeeping(self) -> float:
-        await asyncio.sleep(HOUSEKEEPING_S)
+        # FLEET hook: the period is [journal] housekeeping_s (default HOUSEKEEPING_S = 60 s)
+        await asyncio.sleep(self.config.journal.housekeeping_s)
         now = self._clock()
         purged = await self.journal.purge(now)
         if purged:
