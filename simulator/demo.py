@@ -1,11 +1,13 @@
 """The README's first command: a simulated home on the real edge agent, live (docs/demo.md).
 
-`run_demo(duration, seed, live)` enters a simulator.home_rig.HomeRig (broker, reference
-centre, the real AgentService, the real firmware on the MicroPython unix port, a serial
-cuff, two standard BLE devices), plays the sudden-desaturation scenario compressed into
-`duration` seconds, acts as the clinician at the centre (acknowledges each alarm, gives
-oxygen, closes the alarm once it has resolved), drains, and returns a `DemoSummary` taken
-from the centre's store: the centre is the oracle for delivered, never the gateway.
+`run_demo(duration, seed, live, scenario=...)` enters a simulator.home_rig.HomeRig (broker,
+reference centre, the real AgentService, the real firmware on the MicroPython unix port, a
+serial cuff, two standard BLE devices registered and bound by the technician's CLI), plays a
+named scenario (default sudden-desaturation) compressed into `duration` seconds, acts as the
+clinician at the centre (acknowledges each alarm, gives oxygen for a desaturation, closes an
+alarm once it has resolved), drains, and returns a `DemoSnapshot` taken from the centre's
+store: the centre is the oracle for delivered, never the gateway. Ctrl-C ends the run at
+once (no drain) and `run_demo` raises `DemoInterrupted` carrying the partial snapshot.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_agent.alarms import scenarios
 from simulator.home_rig import (
     BLE_OXIMETER_ID,
     BLE_THERMOMETER_ID,
@@ -25,21 +28,33 @@ from simulator.home_rig import (
     CUFF_ID,
     FIRMWARE_ID,
     PATIENT,
+    SCENARIO,
     HomeRig,
     RigError,
     RigOptions,
 )
 
-SUDDEN_FALL_AT_S = 33.0  # the scenario's SpO2 fall (edge_agent.alarms.scenarios)
+SCENARIOS = scenarios.NAMES
 ACK_AFTER_S = 2.0  # the clinician acknowledges an alarm this long after it arrived
+RETRY_S = 5.0  # an acknowledgement or closing not reflected at the centre by then is re-sent
 DRAIN_TIMEOUT_S = 25.0
-ROLES = {FIRMWARE_ID: "firmware (sealed, bound)", CUFF_ID: "serial cuff (sealed, bound)",
-         BLE_OXIMETER_ID: "BLE oximeter (unbound)", BLE_THERMOMETER_ID: "BLE thermo (unbound)"}
-BINDING = {FIRMWARE_ID: PATIENT, CUFF_ID: PATIENT}
+# What each device is; whose readings it carries comes from the running agent (rig.bindings).
+ROLES = {FIRMWARE_ID: "firmware, sealed", CUFF_ID: "BP cuff, sealed",
+         BLE_OXIMETER_ID: "BLE SpO2, attested", BLE_THERMOMETER_ID: "BLE temp, attested"}
 
 
 class DemoError(RuntimeError):
     """A part of the simulated home failed."""
+
+
+class DemoInterrupted(KeyboardInterrupt):
+    """Ctrl-C: the home was stopped; `partial` is the last snapshot (None: it was still
+    starting, nothing was played)."""
+
+    def __init__(self, partial: DemoSnapshot | None, elapsed_s: float) -> None:
+        super().__init__("interrupted")
+        self.partial = partial
+        self.elapsed_s = elapsed_s
 
 
 @dataclass
@@ -50,6 +65,7 @@ class DeviceCount:
     delivered: int  # distinct readings the centre stored (and receipted)
     proven: int  # of which a device checkpoint proved (sealed devices)
     last: dict[str, Any] = field(default_factory=dict)
+    patient: str | None = None  # bound to, as the agent resolves it (None: unbound)
 
     @property
     def lost(self) -> int:
@@ -67,9 +83,19 @@ class AlarmRow:
     grade: str
     key: str
     device: str | None
-    state: str
+    state: str  # raised | notified | acknowledged | resolved | closed (furthest reached)
     acknowledged_by: str | None
     raised_ms: int | None
+    condition_active: bool = True  # the agent still sees the condition
+    is_open: bool = True  # not closed
+
+    def open_state(self) -> str:
+        """Why an open alarm is still open, in words (the summary's "open at end")."""
+        ack = (f"acknowledged by {self.acknowledged_by}" if self.acknowledged_by
+               else "not acknowledged")
+        if self.condition_active:
+            return f"still active (the condition holds), {ack}"
+        return f"resolved, {ack}, not closed"
 
 
 @dataclass
@@ -84,6 +110,8 @@ class DemoSnapshot:
     checkpoints: dict[str, int]
     treated: bool
     notes: list[str] = field(default_factory=list)
+    scenario: str = SCENARIO
+    final: bool = True  # False while playing: what is not delivered yet is pending, not lost
 
     @property
     def generated(self) -> int:
@@ -106,6 +134,9 @@ class DemoSnapshot:
         return sum(n for status, n in self.checkpoints.items()
                    if status not in ("verified", "pending", "gap"))
 
+    def open_alarms(self) -> list[AlarmRow]:
+        return [a for a in self.alarms if a.is_open]
+
     def alarm_counts(self) -> dict[str, int]:
         return {"raised": len(self.alarms),
                 "acknowledged": sum(1 for a in self.alarms if a.acknowledged_by),
@@ -117,9 +148,14 @@ class DemoSnapshot:
                 and self.checkpoints_failed == 0)
 
 
-def skip_for(duration: float) -> float:
-    """Scenario seconds to skip so the SpO2 fall comes about a quarter into the run."""
-    return max(0.0, SUDDEN_FALL_AT_S - 0.25 * duration)
+def skip_for(duration: float, scenario: str = SCENARIO, seed: int = 1) -> float:
+    """Scenario seconds to skip so the scenario's first expected alarm (for this seed, as
+    the rig's patient model plays it) comes about a quarter into the run (none expected,
+    e.g. "stable": play from its start)."""
+    expected = scenarios.build(scenario, seed=seed).expected
+    if not expected:
+        return 0.0
+    return max(0.0, min(e.at for e in expected) - 0.25 * duration)
 
 
 # ---------------------------------------------------------------- counting
@@ -166,7 +202,8 @@ def journal_backlog(rig: HomeRig) -> int | None:
         conn.close()
 
 
-def snapshot(rig: HomeRig, duration: float, backlog: int | None) -> DemoSnapshot:
+def snapshot(rig: HomeRig, duration: float, backlog: int | None,
+             final: bool = True) -> DemoSnapshot:
     assert rig.centre is not None and rig.patient is not None
     store = rig.centre.store
     verdicts = store.verdict_counts()
@@ -177,9 +214,11 @@ def snapshot(rig: HomeRig, duration: float, backlog: int | None) -> DemoSnapshot
         for row in store.readings(device)[-12:]:
             last[row["quantity"]] = row["value"]
         devices.append(DeviceCount(device, ROLES[device], generated, sum(counts.values()),
-                                   counts.get("device-proven", 0), last))
+                                   counts.get("device-proven", 0), last,
+                                   rig.bindings.get(device)))
     alarms = [AlarmRow(r["id"], r["grade"], r["key"], r["device"], r["state"],
-                       r["acknowledged_by"], r["raised_ms"]) for r in store.raised_alarms()]
+                       r["acknowledged_by"], r["raised_ms"], bool(r["condition_active"]),
+                       bool(r["is_open"])) for r in store.raised_alarms()]
     counters = rig.service.delivery.counters()
     delivery = {"journal backlog": -1 if backlog is None else backlog,
                 "in flight": counters.in_flight, "sent (PUBACK)": counters.sent,
@@ -187,38 +226,57 @@ def snapshot(rig: HomeRig, duration: float, backlog: int | None) -> DemoSnapshot
                 "reconnects": counters.reconnects}
     return DemoSnapshot(min(rig.now(), duration), duration, devices, alarms, delivery,
                         store.checkpoint_counts(), rig.patient.treated_at is not None,
-                        list(rig.notes))
+                        list(rig.notes), rig.options.scenario, final)
 
 
 # ---------------------------------------------------------------- the clinician
 
 
+def needs_oxygen(key: str) -> bool:
+    """Oxygen is the treatment the demo's patient model knows: for a desaturation."""
+    return key.startswith("spo2:")
+
+
 class Clinician:
-    """At the centre: acknowledges each alarm ACK_AFTER_S after it arrived (and gives the
-    patient oxygen for a clinical alarm of the bound patient), closes it once resolved."""
+    """At the centre: acknowledges an alarm ACK_AFTER_S after it was first seen
+    unacknowledged (again after a worsening or recurrence, which clear the acknowledgement),
+    gives the bound patient oxygen for a desaturation, and closes an alarm once it has
+    resolved. A command the centre does not reflect within RETRY_S is sent again."""
 
     def __init__(self, rig: HomeRig) -> None:
         self.rig = rig
-        self.seen: dict[str, float] = {}
-        self.acked: set[str] = set()
-        self.closed: set[str] = set()
+        self.unacked_since: dict[str, float] = {}
+        self.sent: dict[tuple[str, str], float] = {}  # (alarm id, action) -> last sent
+
+    def _due(self, alarm_id: str, action: str, now: float) -> bool:
+        last = self.sent.get((alarm_id, action))
+        return last is None or now - last >= RETRY_S
 
     def step(self) -> None:
         rig = self.rig
         assert rig.centre is not None and rig.patient is not None
         now = rig.now()
         for alarm in rig.centre.active_alarms():
-            first_seen = self.seen.setdefault(alarm.id, now)
-            if alarm.acknowledged_by is None and alarm.id not in self.acked \
-                    and now - first_seen >= ACK_AFTER_S:
-                rig.centre.acknowledge(alarm.id, CLINICIAN, "demo: seen at the centre")
-                self.acked.add(alarm.id)
-                if alarm.grade != "blue" and alarm.patient == PATIENT:
-                    rig.patient.treat(now)
-            elif alarm.state == "resolved" and alarm.acknowledged_by is not None \
-                    and alarm.id not in self.closed:
+            if alarm.acknowledged_by is None:
+                since = self.unacked_since.setdefault(alarm.id, now)
+                if now - since >= ACK_AFTER_S and self._due(alarm.id, "ack", now):
+                    rig.centre.acknowledge(alarm.id, CLINICIAN, "demo: seen at the centre")
+                    self.sent[(alarm.id, "ack")] = now
+                    if alarm.patient == PATIENT and needs_oxygen(alarm.key):
+                        rig.patient.treat(now)
+                continue
+            self.unacked_since.pop(alarm.id, None)
+            self.sent.pop((alarm.id, "ack"), None)  # reflected: a recurrence starts afresh
+            if alarm.state == "resolved" and self._due(alarm.id, "close", now):
                 rig.centre.close(alarm.id, CLINICIAN, "demo: patient recovered")
-                self.closed.add(alarm.id)
+                self.sent[(alarm.id, "close")] = now
+
+    def settled(self) -> bool:
+        """Nothing left for the clinician: every open alarm's condition still holds (it
+        cannot be closed yet) and is acknowledged."""
+        assert self.rig.centre is not None
+        return all(a.condition_active and a.acknowledged_by is not None
+                   for a in self.rig.centre.active_alarms())
 
 
 # ---------------------------------------------------------------- the run
@@ -226,7 +284,8 @@ class Clinician:
 
 async def _drain(rig: HomeRig, clinician: Clinician) -> int | None:
     """Wait until the journal is empty, the cuff's outbox is acknowledged, BLE readings are
-    stored and a firmware checkpoint covers every firmware seq received (bounded)."""
+    stored, a firmware checkpoint covers every firmware seq received, and the clinician has
+    acknowledged and closed what can be (bounded)."""
     assert rig.centre is not None and rig.cuff is not None
     rig.finish_sending()
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
@@ -239,55 +298,76 @@ async def _drain(rig: HomeRig, clinician: Clinician) -> int | None:
         stored = {d: sum(counts.get(d, {}).values()) for d in generated}
         pending = counts.get(FIRMWARE_ID, {}).get("pending", 0)
         if backlog == 0 and rig.cuff.finished.is_set() and pending == 0 and all(
-                stored[d] >= n for d, n in generated.items()):
+                stored[d] >= n for d, n in generated.items()) and clinician.settled():
             break
         await asyncio.sleep(0.3)
     return backlog
 
 
 async def run_async(duration: float, seed: int, workdir: Path,
-                    on_update: Callable[[DemoSnapshot], None] | None = None) -> DemoSnapshot:
-    async with HomeRig(RigOptions(workdir, seed=seed, skip_s=skip_for(duration))) as rig:
+                    on_update: Callable[[DemoSnapshot], None] | None = None,
+                    scenario: str = SCENARIO,
+                    latest: list[DemoSnapshot] | None = None) -> DemoSnapshot:
+    """The run; `latest` (if given) holds the last snapshot taken, so an interrupted run
+    can still report what it had (see run_demo)."""
+    taken: list[DemoSnapshot] = latest if latest is not None else []
+    options = RigOptions(workdir, seed=seed, scenario=scenario,
+                         skip_s=skip_for(duration, scenario, seed))
+    async with HomeRig(options) as rig:
         clinician = Clinician(rig)
         backlog: list[int | None] = [None]
 
+        def take(final: bool) -> DemoSnapshot:
+            snap = snapshot(rig, duration, backlog[0], final)
+            taken[:] = [snap]
+            if on_update is not None:
+                on_update(snap)
+            return snap
+
         def each_second(_t: float) -> None:
             clinician.step()
-            if on_update is not None:
-                on_update(snapshot(rig, duration, backlog[0]))
+            take(final=False)
 
         async def watch_backlog() -> None:
             while True:
                 backlog[0] = await asyncio.to_thread(journal_backlog, rig)
                 await asyncio.sleep(1.0)
 
+        take(final=False)  # the home is up: the first view
         watcher = asyncio.create_task(watch_backlog())
         try:
             await rig.play(duration, each_second)
+        except asyncio.CancelledError:
+            take(final=False)  # Ctrl-C: what the centre has now, before the home stops
+            raise
         finally:
             watcher.cancel()
-        final_backlog = await _drain(rig, clinician)
-        final = snapshot(rig, duration, final_backlog)
-        if on_update is not None:
-            on_update(final)
-        return final
+        backlog[0] = await _drain(rig, clinician)
+        return take(final=True)
 
 
 def run_demo(duration: float = 60.0, seed: int = 1, live: bool = True,
-             workdir: Path | None = None) -> DemoSnapshot:
-    """Run the simulated home for `duration` seconds -> the final snapshot (the summary)."""
-    if live:
-        from simulator.demo_view import LiveView
-
-        view: Any = LiveView()
-    else:
-        view = None
+             workdir: Path | None = None, scenario: str = SCENARIO,
+             on_update: Callable[[DemoSnapshot], None] | None = None) -> DemoSnapshot:
+    """Run the simulated home for `duration` seconds -> the final snapshot (the summary).
+    Raises DemoError if a part failed, DemoInterrupted on Ctrl-C (after stopping it all)."""
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}")
+    latest: list[DemoSnapshot] = []
+    started = time.monotonic()
     try:
         with tempfile.TemporaryDirectory(prefix="vitalbridge-demo-") as tmp:
             where = workdir or Path(tmp)
-            if view is None:
-                return asyncio.run(run_async(duration, seed, where))
-            with view:
-                return asyncio.run(run_async(duration, seed, where, view.update))
+            if not live:
+                return asyncio.run(run_async(duration, seed, where, on_update, scenario,
+                                             latest))
+            from simulator.demo_view import LiveView
+
+            with LiveView() as view:
+                return asyncio.run(run_async(duration, seed, where, view.update, scenario,
+                                             latest))
     except RigError as err:
         raise DemoError(str(err)) from err
+    except KeyboardInterrupt:
+        raise DemoInterrupted(latest[0] if latest else None,
+                              time.monotonic() - started) from None

@@ -14,8 +14,9 @@ stopped as one (docs/demo.md).
               (simulator.agent_home.FirmwareStandIn: sealed, enrolled, bound) -- the agent
               has no driver for a third-party serial cuff yet
   BLE         a standard pulse oximeter and thermometer (bumble GATT servers on the virtual
-              radio); standard devices cannot be bound to patients yet, so their readings
-              are delivered, attested by the gateway and "unbound"
+              radio), registered at their BLE addresses and bound to the patient with the
+              technician's `vitalbridge device register ... --patient`: the gateway attests
+              their readings and the agent evaluates them for the patient
   agent       ONE gateway: edge_agent.service.AgentService, provisioned like a commissioned
               gateway (simulator.agent_home.provision_home), serial + BLE ingest, journal,
               rules and alarms, MQTT uplink
@@ -65,6 +66,9 @@ TECHNICIAN = "t-0001"
 SCENARIO = "sudden-desaturation"
 # What each standard BLE measurement carries (the agent stores one reading per quantity).
 BLE_QUANTITIES = {BLE_OXIMETER_ID: ("spo2", "pr", "pi"), BLE_THERMOMETER_ID: ("temp",)}
+# The label of each standard BLE device, as the technician types it into `device register`.
+BLE_LABELS = {BLE_OXIMETER_ID: ("VB-Demo-Oximeter", "SIM-OX-0001"),
+              BLE_THERMOMETER_ID: ("VB-Demo-Thermo", "SIM-TH-0001")}
 CUFF_QUANTITIES = ("sys", "dia", "map", "pr")
 RECOVERY_S = 8.0  # oxygen given: SpO2 and pulse back to baseline over this many seconds
 ENROLL_TIMEOUT_S = 60.0
@@ -88,6 +92,19 @@ FIRMWARE_CONFIG: dict[str, Any] = {
 
 class RigError(RuntimeError):
     """A part of the simulated home did not start or failed."""
+
+
+async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run a blocking start step in a thread. If the run is cancelled (Ctrl-C) meanwhile,
+    wait for the step to end before re-raising: the clean-up must not race a part that is
+    still starting (it would be started after its stop ran and be left behind)."""
+    step = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(step)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await step
+        raise
 
 
 # ---------------------------------------------------------------- the patient
@@ -186,6 +203,7 @@ class FirmwareProcess:
         self.proc: subprocess.Popen[str] | None = None
         self._code_seen = threading.Event()
         self._feed = None
+        self._stopped = False
 
     def start(self, timeout: float = 30.0) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -200,6 +218,9 @@ class FirmwareProcess:
         ready = threading.Event()
         threading.Thread(target=self._read, args=(ready,), daemon=True,
                          name="firmware-output").start()
+        if self._stopped:  # stopped while starting: do not leave this one behind
+            self.stop()
+            raise RigError("firmware run-sim stopped while starting")
         if not ready.wait(timeout) or not self.info:
             raise RigError("firmware run-sim did not start: " + " | ".join(self.lines))
         self._feed = open(self.info["signals"], "a", buffering=1)  # noqa: SIM115 - closed in stop
@@ -234,10 +255,6 @@ class FirmwareProcess:
             raise RigError(f"the firmware showed no enrollment code within {timeout:g} s")
         return self.codes[-1]
 
-    def installed(self) -> bool:
-        """The device's console reported its certificate installed."""
-        return any("certificate-installed" in line for line in self.lines)
-
     def feed(self, line: str) -> None:
         if self._feed is not None:
             self._feed.write(line)
@@ -246,6 +263,7 @@ class FirmwareProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
+        self._stopped = True
         if self._feed is not None:
             self._feed.close()
             self._feed = None
@@ -261,15 +279,26 @@ class FirmwareProcess:
             proc.wait(timeout=5)
 
 
+def firmware_pids(unique_id: str = FIRMWARE_UNIQUE_ID) -> list[int]:
+    """Processes running the simulated firmware of this chip id (Linux /proc; run-sim puts
+    VB_SIM_UNIQUE_ID in its firmware's environment): what a clean stop must leave none of."""
+    marker = f"VB_SIM_UNIQUE_ID={unique_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
 def enroll_firmware(data_dir: Path, firmware: FirmwareProcess, patient: str) -> list[str]:
     """The technician's enrollment, as on a real gateway: `vitalbridge device enroll` over
     the device's serial link without a terminal stops at the code (exit 3); the second run
-    confirms with the code the DEVICE printed, so a mismatch fails here. -> notes.
-
-    Known mismatch (docs/demo.md): the CLI waits for an unsealed "certificate-installed"
-    device-event, while the firmware reports it sealed under its next session, so the
-    confirming run ends with exit 1 "is recorded, but the device did not confirm". The
-    rig then accepts the device's own console report of the installation instead."""
+    confirms with the code the DEVICE printed, so a mismatch fails here; it exits 0 when
+    the firmware's unsealed certificate-installed hint arrives. -> notes (none today)."""
     command = [sys.executable, "-m", "edge_agent.cli", "device", "enroll", "--data-dir",
                str(data_dir), "--port", str(firmware.link), "--id", firmware.device_id,
                "--patient", patient, "--actor", TECHNICIAN, "--json"]
@@ -287,11 +316,26 @@ def enroll_firmware(data_dir: Path, firmware: FirmwareProcess, patient: str) -> 
     if second.returncode == 0:
         return []
     output = second.stderr + second.stdout
-    if second.returncode == 1 and "is recorded" in output and firmware.installed():
-        return ["device enroll: the firmware reported certificate-installed on its console "
-                "(the CLI waits for an unsealed event; see docs/demo.md)"]
     raise RigError(f"device enroll --confirm exited {second.returncode}: "
                    f"{output.strip()[-300:]}")
+
+
+def register_standard_device(data_dir: Path, device_id: str, address: str,
+                             patient: str) -> None:
+    """The technician records a standard BLE device at its address and binds it to the
+    patient: `vitalbridge device register` as a separate run, as on a real gateway. The
+    agent must start after this (it maps configured links to registered ids at start)."""
+    model, serial = BLE_LABELS[device_id]
+    done = subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "device", "register", device_id,
+         "--data-dir", str(data_dir), "--transport", "ble", "--address", address,
+         "--model", model, "--serial", serial, "--patient", patient, "--actor", TECHNICIAN,
+         "--json"],
+        cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=ENROLL_TIMEOUT_S)
+    if done.returncode != 0:
+        raise RigError(f"device register {device_id} exited {done.returncode}: "
+                       f"{(done.stderr or done.stdout).strip()[-300:]}")
 
 
 # ---------------------------------------------------------------- the serial cuff
@@ -374,6 +418,7 @@ class HomeRig:
     service: Any = None  # edge_agent.service.AgentService
     patient: Patient | None = None
     started_at: float = 0.0  # monotonic: rig time 0
+    bindings: dict[str, str | None] = field(default_factory=dict)  # device -> patient
     notes: list[str] = field(default_factory=list)
     _stack: contextlib.AsyncExitStack | None = None
     _ptys: list[PtySerialDevice] = field(default_factory=list)
@@ -400,22 +445,24 @@ class HomeRig:
         opts = self.options
         work = opts.workdir
         self.patient = Patient(opts.scenario, opts.seed, opts.skip_s)
-        self.home = await asyncio.to_thread(
+        self.home = await in_thread(
             provision_home, work / "gateway", GATEWAY_ID, [(CUFF_ID, PATIENT)])
-        self.broker = await asyncio.to_thread(Broker(work / "broker").start)
+        self.broker = Broker(work / "broker")
         stack.callback(self.broker.stop)
+        await in_thread(self.broker.start)
         write_gateway_file(self.home, self.broker.port)
-        self.centre = await asyncio.to_thread(Centre(CentreConfig(
+        centre = Centre(CentreConfig(
             port=self.broker.port, database=work / "centre.sqlite3",
             anchor=TrustAnchor(org_ca_public=self.home.org_public), client_id="centre-demo",
-            gap_deadline_s=30.0, tick_s=0.2, synchronous="NORMAL")).start)
-        stack.callback(self.centre.stop)
+            gap_deadline_s=30.0, tick_s=0.2, synchronous="NORMAL"))
+        stack.callback(centre.stop)
+        self.centre = await in_thread(centre.start)
 
         self.firmware = FirmwareProcess(work / "firmware", opts.seed)
         stack.callback(self.firmware.stop)
-        await asyncio.to_thread(self.firmware.start)
-        self.notes += await asyncio.to_thread(enroll_firmware, self.home.data_dir,
-                                              self.firmware, PATIENT)
+        await in_thread(self.firmware.start)
+        self.notes += await in_thread(enroll_firmware, self.home.data_dir, self.firmware,
+                                      PATIENT)
 
         cuff_pty = PtySerialDevice(work / "tty-cuff")
         cuff_pty.plug()
@@ -425,6 +472,9 @@ class HomeRig:
         radio = await stack.enter_async_context(VirtualRadio())
         central = await radio.add_central()
         await self._attach_ble(radio)
+        for device_id, dev in self.ble.items():
+            await in_thread(register_standard_device, self.home.data_dir, device_id,
+                            dev.peripheral.address, PATIENT)
 
         self.service = await self._start_agent(stack, central, cuff_pty)
         self.cuff = CuffLoop(FirmwareStandIn(self.home.devices[CUFF_ID],
@@ -432,13 +482,18 @@ class HomeRig:
         self.cuff.start()
         stack.callback(self._stop_cuff)
         await self._wait_ready()
+        # Whose readings each device carries, as the running agent resolves it.
+        now = int(time.time())
+        self.bindings = {device: self.service.directory.patient_at(device, now)
+                         for device in (self.firmware.device_id, CUFF_ID, *self.ble)}
         self.started_at = time.monotonic()
 
     async def _attach_ble(self, radio: Any) -> None:
         from simulator.ble_devices import PulseOximeter, Thermometer
 
-        for device_id, peripheral in ((BLE_OXIMETER_ID, PulseOximeter("VB-Demo-Oximeter")),
-                                      (BLE_THERMOMETER_ID, Thermometer("VB-Demo-Thermo"))):
+        for device_id, peripheral in (
+                (BLE_OXIMETER_ID, PulseOximeter(BLE_LABELS[BLE_OXIMETER_ID][0])),
+                (BLE_THERMOMETER_ID, Thermometer(BLE_LABELS[BLE_THERMOMETER_ID][0]))):
             await peripheral.attach(radio)
             self.ble[device_id] = BleDevice(device_id, peripheral)
 
