@@ -967,6 +967,9 @@ def _end_device(args: argparse.Namespace, step: str) -> int:
     from edge_agent.lifecycle.engine import LifecycleEngine
 
     reason = _reason(args)
+    # checked before anything is recorded: a compromise cannot be taken back
+    if step == "compromised" and not 0 <= args.wait <= 120:
+        raise CommandError("--wait must be 0..120 seconds")
     directory, who, identity = _writer(args)
     now = common.now()
     with common.open_registry(directory) as registry, common.refusals():
@@ -1025,8 +1028,6 @@ def _forward_compromise(args: argparse.Namespace, directory: Path, who: str, now
     not running acts on the entry when it starts."""
     from edge_agent.inbox import DEVICE_COMPROMISED, client
 
-    if not 0 <= args.wait <= 120:
-        raise CommandError("--wait must be 0..120 seconds")
     try:
         return client.submit(directory, DEVICE_COMPROMISED,
                              {"device": args.device, "reason": reason, "at": now}, who,

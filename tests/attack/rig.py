@@ -2,10 +2,8 @@
 ACL configuration, the reference centre connected over TLS with its own client certificate,
 and firmware stand-ins on real PTY pairs.
 
-    TlsSite   organisation TLS CA, broker server files, client credentials (gateways, centre)
-    TlsBroker simulator.broker.Broker running edge_agent.ca.mosquitto_config's output
+    TlsSite, TlsBroker, Probe   simulator/broker_tls.py (shared with test_broker_acl.py)
     AgentRig  provision_home + TlsBroker + Centre(TLS) + PTYs + AgentService on its own thread
-    Probe     a paho MQTT 5 client that records CONNACK / PUBACK / SUBACK reason codes
 
 The agent runs its event loop on a background thread so the attack tests stay synchronous;
 `rig.call(coroutine_function)` runs something on that loop. The attacker writes raw frames on
@@ -15,13 +13,8 @@ the device end of a PTY (`rig.inject`) or publishes with its own MQTT credential
 from __future__ import annotations
 
 import asyncio
-import os
-import pwd
-import queue
 import re
-import socket
 import sqlite3
-import ssl
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -29,37 +22,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.reasoncodes import ReasonCode
-
-from edge_agent.ca import keyfiles
-from edge_agent.ca.mosquitto_config import TLSFiles, write_broker_config
-from edge_agent.ca.org_ca import OrgCA, new_tls_key, tls_request
 from edge_agent.config import parse_config
 from edge_agent.eventlog import EventLogFile
 from edge_agent.serial_ingest import PortState
 from edge_agent.service import AgentService
 from protocol.frames import encode_frame
 from simulator.agent_home import FirmwareStandIn, Home, provision_home
-from simulator.broker import Broker, find_mosquitto
+from simulator.broker_tls import (
+    CENTRE_NAME,
+    Credential,
+    Probe,
+    TlsBroker,
+    TlsSite,
+    mosquitto_available,
+    plain_connect_answer,
+)
 from simulator.centre import Centre, CentreConfig, TrustAnchor
 from simulator.serial_devices import PtySerialDevice
 
+# what the attack tests take from here (the TLS parts live in simulator/broker_tls.py)
+__all__ = ["CENTRE_NAME", "DEVICES", "GW", "NOT_AUTHORIZED", "OTHER_GW", "WAIT_S", "AgentRig",
+           "Credential", "Probe", "TlsBroker", "TlsSite", "eventually", "mosquitto_available",
+           "plain_connect_answer"]
+
 GW = "gw-1"
 OTHER_GW = "gw-2"
-CENTRE_NAME = "vb-centre"
 DEVICES = (("ox-1", "p-0001"), ("ox-2", "p-0002"))
 WAIT_S = 10.0
 NOT_AUTHORIZED = 0x87
-
-
-def mosquitto_available() -> bool:
-    try:
-        find_mosquitto()
-    except RuntimeError:
-        return False
-    return True
 
 
 def eventually(check: Callable[[], bool], timeout: float = WAIT_S) -> bool:
@@ -69,159 +59,6 @@ def eventually(check: Callable[[], bool], timeout: float = WAIT_S) -> bool:
             return True
         time.sleep(0.05)
     return check()
-
-
-# ---------------------------------------------------------------- TLS site and broker
-
-
-@dataclass(frozen=True)
-class Credential:
-    cert: Path
-    key: Path
-    pem: bytes
-
-
-@dataclass
-class TlsSite:
-    root: Path
-    ca: OrgCA
-    files: TLSFiles
-    clients: dict[str, Credential]
-
-    @classmethod
-    def create(cls, root: Path, gateways: tuple[str, ...] = (GW, OTHER_GW)) -> TlsSite:
-        now = int(time.time())  # TLS peers check validity against the real clock
-        ca = OrgCA.init(root / "ca", "Test Org", now=now)
-        broker_dir = keyfiles.ensure_private_dir(root / "broker-tls")
-        server_key = new_tls_key()
-        keyfiles.save_private_key(broker_dir / "server.key", server_key)
-        keyfiles.write_public(broker_dir / "server.pem", ca.issue_broker_tls(
-            tls_request("localhost", server_key), hostnames=["localhost"],
-            ip_addresses=["127.0.0.1"], now=now))
-        keyfiles.write_public(broker_dir / "ca.pem", ca.tls_certificate_pem)
-        ca.write_crl(now, broker_dir / "crl.pem")
-        files = TLSFiles(broker_dir / "ca.pem", broker_dir / "server.pem",
-                         broker_dir / "server.key", broker_dir / "crl.pem")
-        site = cls(root, ca, files, {})
-        for gateway in gateways:
-            site.clients[gateway] = site.credential(
-                gateway, lambda r, g=gateway: ca.issue_gateway_tls(r, g, now=now))
-        site.clients[CENTRE_NAME] = site.credential(
-            CENTRE_NAME, lambda r: ca.issue_centre_tls(r, now=now))
-        return site
-
-    def credential(self, name: str, issue: Callable[[bytes], bytes]) -> Credential:
-        key = new_tls_key()  # generated where it is used; only the request travels
-        directory = keyfiles.ensure_private_dir(self.root / "clients" / name)
-        key_path = keyfiles.save_private_key(directory / "client.key", key)
-        pem = issue(tls_request(name, key))
-        return Credential(keyfiles.write_public(directory / "client.pem", pem), key_path, pem)
-
-
-class TlsBroker(Broker):
-    """mosquitto running exactly the configuration the product generates."""
-
-    def __init__(self, workdir: Path, files: TLSFiles) -> None:
-        super().__init__(workdir, allow_anonymous=False)
-        self.files = files
-
-    def write_config(self) -> None:
-        # As root mosquitto would switch to the "mosquitto" user, which cannot read the
-        # test's 0700 key directory: stay as whoever runs the tests.
-        user = pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else None
-        write_broker_config(self.workdir, files=self.files, port=self.port,
-                            bind_address="127.0.0.1", log_dest=f"file {self.log_path}",
-                            user=user)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-# ---------------------------------------------------------------- an MQTT client of our own
-
-
-class Probe:
-    """MQTT 5 client (paho, threaded loop) recording reason codes; `credential=None` with a
-    CA file is a TLS client without a certificate, `ca_file=None` is plain TCP."""
-
-    def __init__(self, name: str, port: int, ca_file: Path | None,
-                 credential: Credential | None = None) -> None:
-        self.port = port
-        self.events: queue.Queue[tuple[str, object]] = queue.Queue()
-        self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
-        self.acks: dict[int, object] = {}
-        self.mqtt = mqtt.Client(CallbackAPIVersion.VERSION2,
-                                client_id=f"{name}-{time.time_ns()}", protocol=mqtt.MQTTv5)
-        if ca_file is not None:
-            self.mqtt.tls_set(ca_certs=str(ca_file),
-                              certfile=str(credential.cert) if credential else None,
-                              keyfile=str(credential.key) if credential else None)
-        self.mqtt.on_connect = lambda c, u, f, rc, p: self.events.put(("connack", rc))
-        self.mqtt.on_disconnect = lambda c, u, f, rc, p: self.events.put(("disconnect", rc))
-        self.mqtt.on_publish = lambda c, u, mid, rc, p: self.acks.__setitem__(mid, rc)
-        self.mqtt.on_subscribe = lambda c, u, mid, rcs, p: self.acks.__setitem__(mid, rcs)
-        self.mqtt.on_message = lambda c, u, m: self.messages.put((m.topic, m.payload))
-
-    def connect(self) -> tuple[bool, str]:
-        try:
-            self.mqtt.connect("127.0.0.1", self.port, keepalive=10)
-        except (ssl.SSLError, OSError) as exc:
-            return False, f"handshake refused: {exc}"
-        self.mqtt.loop_start()
-        try:
-            kind, detail = self.events.get(timeout=5)
-        except queue.Empty:
-            self.close()
-            return False, "no answer"
-        ok = kind == "connack" and isinstance(detail, ReasonCode) and detail.value == 0
-        if not ok:
-            self.close()
-        return ok, f"{kind}: {detail}"
-
-    def _ack(self, mid: int) -> object:
-        deadline = time.monotonic() + 5
-        while mid not in self.acks:
-            if time.monotonic() > deadline:
-                raise TimeoutError("no acknowledgement from the broker")
-            time.sleep(0.005)
-        return self.acks.pop(mid)
-
-    def publish(self, topic: str, payload: bytes, correlation: bytes | None = None) -> int:
-        """QoS 1 publish -> the PUBACK reason code."""
-        properties = None
-        if correlation is not None:
-            from paho.mqtt.packettypes import PacketTypes
-            from paho.mqtt.properties import Properties
-            properties = Properties(PacketTypes.PUBLISH)
-            properties.CorrelationData = correlation
-        ack = self._ack(self.mqtt.publish(topic, payload, qos=1, properties=properties).mid)
-        assert isinstance(ack, ReasonCode)
-        return ack.value
-
-    def subscribe(self, topic: str) -> list[int]:
-        _, mid = self.mqtt.subscribe(topic, qos=1)
-        return [rc.value for rc in self._ack(mid)]  # type: ignore[attr-defined]
-
-    def drain(self, wait_s: float = 0.5) -> list[tuple[str, bytes]]:
-        time.sleep(wait_s)
-        got = []
-        while not self.messages.empty():
-            got.append(self.messages.get_nowait())
-        return got
-
-    def close(self) -> None:
-        self.mqtt.disconnect()
-        self.mqtt.loop_stop()
-
-
-def plain_connect_answer(port: int) -> bytes:
-    """An MQTT 3.1.1 CONNECT in clear text on the TLS port -> whatever came back."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(bytes.fromhex("100c00044d5154540402003c0000"))
-        try:
-            return sock.recv(16)
-        except (ConnectionResetError, TimeoutError):
-            return b""
 
 
 # ---------------------------------------------------------------- the running agent
