@@ -120,6 +120,24 @@ def provision_home(data_dir: Path, gateway_id: str, devices: Iterable[tuple[str,
     return home
 
 
+def write_gateway_state(home: Home, broker_port: int | None = None) -> None:
+    """What `gateway provision` + `gateway install-cert` leave beside the registry and keys
+    and provision_home does not write: gateway.json (state active, and the broker when
+    known) and the gateway's certificate, which the technician's writing commands need
+    (they sign event-journal entries; `device enroll` delivers the certificate)."""
+    from edge_agent.commands import common
+
+    with Registry.open_in(home.data_dir) as registry:
+        key = registry.keys("gateway", home.gateway_id, "signing")[-1]
+        certificate = registry.certificate_of_key(key.kid, "cwt").raw
+    certs = keyfiles.ensure_private_dir(home.data_dir / common.CERTS_DIR)
+    keyfiles.write_public(certs / common.GATEWAY_CERT, certificate)
+    state: dict[str, object] = {"gateway_id": home.gateway_id, "state": "active"}
+    if broker_port is not None:
+        state["broker"] = {"host": "127.0.0.1", "port": broker_port}
+    common.write_gateway_file(home.data_dir, state)
+
+
 class FirmwareStandIn:
     """The device end of one serial link (see the module docstring). Thread-safe counters."""
 

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from simulator import physiology
-from simulator.agent_home import FirmwareStandIn, Home, provision_home
+from simulator.agent_home import FirmwareStandIn, Home, provision_home, write_gateway_state
 from simulator.broker import Broker
 from simulator.centre import Centre, CentreConfig, TrustAnchor
 from simulator.serial_devices import PtySerialDevice
@@ -165,24 +165,8 @@ class Patient:
 
 
 def write_gateway_file(home: Home, broker_port: int) -> None:
-    """What commissioning leaves for the technician's tools and provision_home does not
-    write: gateway.json (state active) and the gateway's certificate (`device enroll`
-    delivers it to the device with the device's own)."""
-    from edge_agent.ca import keyfiles
-    from edge_agent.commands import common
-    from edge_agent.registry import Registry
-
-    now = int(time.time())
-    with Registry.open_in(home.data_dir) as registry:
-        key = registry.current_key("gateway", home.gateway_id, "signing", now)
-        if key is None:
-            raise RigError(f"gateway {home.gateway_id} has no signing key in its registry")
-        certificate = registry.certificate_of_key(key.kid, "cwt").raw
-    keyfiles.ensure_private_dir(home.data_dir / common.CERTS_DIR)
-    keyfiles.write_public(home.data_dir / common.CERTS_DIR / common.GATEWAY_CERT, certificate)
-    common.write_gateway_file(home.data_dir, {
-        "gateway_id": home.gateway_id, "state": "active",
-        "broker": {"host": "127.0.0.1", "port": broker_port}})
+    """gateway.json with the broker, and the gateway certificate (agent_home)."""
+    write_gateway_state(home, broker_port)
 
 
 # ---------------------------------------------------------------- the firmware process

@@ -18,10 +18,9 @@ from typing import Any
 import pytest
 from test_cli_technician import command_runner, journal_entries
 
-from edge_agent.ca import keyfiles
 from edge_agent.commands import common
 from edge_agent.registry import Registry
-from simulator.agent_home import Home, provision_home
+from simulator.agent_home import Home, provision_home, write_gateway_state
 
 GW = "gw-1"
 BLE_ADDRESS = "c0:ff:ee:00:00:01"
@@ -30,16 +29,7 @@ ACTOR = "technician:t-0042"  # command_runner runs as USER=t-0042
 
 
 def make_cli_ready(home: Home) -> None:
-    """What `gateway provision` + `gateway install-cert` leave beside the registry and keys:
-    gateway.json (state active) and the gateway's certificate, which the writing commands
-    need to sign their event-journal entries. provision_home writes neither."""
-    with Registry.open_in(home.data_dir) as registry:
-        key = registry.keys("gateway", home.gateway_id, "signing")[-1]
-        certificate = registry.certificate_of_key(key.kid, "cwt").raw
-    certs = keyfiles.ensure_private_dir(home.data_dir / common.CERTS_DIR)
-    keyfiles.write_public(certs / common.GATEWAY_CERT, certificate)
-    common.write_gateway_file(home.data_dir, {"gateway_id": home.gateway_id,
-                                              "state": "active"})
+    write_gateway_state(home)
 
 
 def cli_home(data_dir: Path, devices: list[tuple[str, str | None]]) -> Home:
