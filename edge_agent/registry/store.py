@@ -584,8 +584,9 @@ class Registry:
         if existing is not None:
             if existing[0] == "active":
                 raise ConflictError("device_id", f"device {device_id!r} is already enrolled "
-                                    f"(since {existing[1]}); renew its key instead, or retire "
-                                    "it before enrolling it again")
+                                    f"(since {existing[1]}); retire it before enrolling or "
+                                    "registering it again (a sealing device renews its key "
+                                    "instead)")
             raise ConflictError("device_id", f"device id {device_id!r} was {existing[0]} at "
                                 f"{existing[2]}; ids are never reused, enroll it under a new id")
         twin = self._one("SELECT id FROM devices WHERE model = ? AND serial = ? AND "
