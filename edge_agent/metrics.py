@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from edge_agent.eventlog.store import EventLogStats
     from edge_agent.journal.store import JournalStats
 
-TRANSPORTS = ("ble", "serial", "wifi")
+# "manual": values a person entered (`vitalbridge reading add`, edge_agent/inbox); no link
+TRANSPORTS = ("ble", "serial", "wifi", "manual")
 VERDICTS = ("sealed", "attested", "manual")  # edge_agent.journal.store.VERDICTS
 STATES = ("stored", "sent", "received")  # edge_agent.journal.schema.STATES
 PRIORITIES = ("routine", "critical", "alarm")  # edge_agent.journal.store.Priority, by value

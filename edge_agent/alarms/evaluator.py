@@ -9,15 +9,18 @@
    new level has held, self-consistently, for `jump_confirm_after` seconds);
 2. single-parameter thresholds against the patient's limits in force (limits.py), one
    condition per quantity and side ("spo2:low", "pr:high");
-3. rate-of-change rules ("spo2:fall": a drop of >= delta within window seconds);
+3. rate-of-change rules ("spo2:fall": a drop of >= delta within window seconds), with a
+   window per device: the patient's condition holds while any of its devices shows the
+   change (two oximeters on one patient are never compared with each other);
 4. the NEWS2 aggregate ("news2") when all five measured vitals are fresh.
 
 Persistence: a condition's raw grade must hold on every accepted reading for the grade's
 persistence time before it fires (red: at once). Spot measurements (blood pressure) and
-manual entries are deliberate single observations and fire at once; so do rate rules
-(their window is the persistence) and device-state conditions (already timed by their
-source). An active condition follows a lower raw grade down at once, rises only after the
-higher grade's persistence, and clears after `clear_after` seconds of normal readings.
+manual entries are deliberate single observations and fire and clear at once; so do
+device-state conditions (already timed by their source). Rate rules fire at once (their
+window is the persistence) but clear only after `clear_after`, like measured thresholds.
+An active condition follows a lower raw grade down at once, rises only after the higher
+grade's persistence, and clears after `clear_after` seconds of normal readings.
 
 The output is a list of `Condition` changes (raised, regraded or cleared = grade None) that
 lifecycle.AlarmLifecycle turns into alarms. Nothing here does I/O or reads a clock: time is
@@ -244,15 +247,15 @@ class _Track:
 
     def step(self, t: float, raw: Grade | None, persistence: dict[Grade, float],
              clear_after: float, immediate: bool) -> bool:
-        """Feed one observation's raw grade; True if the reported grade changed."""
+        """Feed one observation's raw grade; True if the reported grade changed.
+
+        immediate: fire without persistence. clear_after: seconds of normal observations
+        before an active condition clears (0: at the first normal one)."""
         since = self.since
         if raw is None:
             since.clear()
             if self.active is None:
                 return False
-            if immediate:
-                self.active = None
-                return True
             if self.normal_since is None:
                 self.normal_since = t
             if t - self.normal_since >= clear_after:
@@ -359,7 +362,43 @@ class _PatientVitals:
     latest: dict[str, tuple[float, float]] = field(default_factory=dict)  # parameter -> (v, t)
     consciousness: tuple[str, float] | None = None
     oxygen: tuple[bool, float] | None = None
-    history: dict[str, _RateHistory] = field(default_factory=dict)  # rate rules
+
+
+class _DeviceRates:
+    """One quantity's rate state for one patient, kept per device: each device's own window
+    (`_RateHistory`) and its latest reading's time, value and change per rule.
+
+    Why per device: two devices measuring one quantity for one patient (a sealing oximeter
+    and a BLE one) disagree by a few points all the time; in one shared window one device's
+    value is compared with the other's maximum and a "fall" appears and vanishes with every
+    reading. A device's verdict counts for the patient until it is older than the rule's
+    window, so a device that stopped sending does not hold the condition for ever."""
+
+    __slots__ = ("histories", "verdicts", "_rules", "_span")
+
+    def __init__(self, span: float, rules: tuple[RateRule, ...]) -> None:
+        self.histories: dict[str, _RateHistory] = {}
+        self.verdicts: dict[str, tuple[float, float, list[float]]] = {}  # (t, value, changes)
+        self._rules = rules
+        self._span = span
+
+    def add(self, device: str, t: float, value: float) -> list[tuple[float, str, float]]:
+        """Record one device's reading; per rule, the largest change that any device's
+        latest reading within the rule's window shows, with that device and its value
+        (ties: this reading)."""
+        history = self.histories.get(device)
+        if history is None:
+            history = self.histories[device] = _RateHistory(self._span, self._rules)
+        changes = history.add(t, value)
+        self.verdicts[device] = (t, value, changes)
+        shown = []
+        for index, rule in enumerate(self._rules):
+            best = (changes[index], device, value)
+            for other, (seen, latest, others) in self.verdicts.items():
+                if other != device and seen >= t - rule.window and others[index] > best[0]:
+                    best = (others[index], other, latest)
+            shown.append(best)
+        return shown
 
 
 class Evaluator:
@@ -378,6 +417,7 @@ class Evaluator:
         self._tracks: dict[tuple[str | None, str], _Track] = {}
         self._accepted: dict[tuple[str, str], _AcceptedValue] = {}  # (device, quantity)
         self._patients: dict[str, _PatientVitals] = {}
+        self._rate_state: dict[tuple[str, str], _DeviceRates] = {}  # (patient, quantity)
         self._device_patient: dict[str, str | None] = {}
         self._last_seen: dict[str, float] = {}
         self._max_rate_window = max((r.window for r in self.config.rate_rules), default=0.0)
@@ -492,19 +532,20 @@ class Evaluator:
         rules = self._rules_by_quantity.get(reading.quantity)
         if not rules:
             return
-        state = self._patients.setdefault(reading.patient, _PatientVitals())
-        history = state.history.get(reading.quantity)
-        if history is None:
-            history = state.history[reading.quantity] = _RateHistory(
+        state = self._rate_state.get((reading.patient, reading.quantity))
+        if state is None:
+            state = self._rate_state[(reading.patient, reading.quantity)] = _DeviceRates(
                 self._max_rate_window, rules)
-        t, value = reading.time, float(reading.value)
-        for rule, change in zip(rules, history.add(t, value), strict=True):
+        t = reading.time
+        shown = state.add(reading.device, t, float(reading.value))
+        for rule, (change, device, value) in zip(rules, shown, strict=True):
             raw = rule.grade if change >= rule.delta else None
-            if self._step(reading.patient, rule.key, raw, t, True):
+            # fires at once (the window is its persistence), clears after clear_after
+            if self._step(reading.patient, rule.key, raw, t, True, self.config.clear_after):
                 out.append(Condition(
-                    rule.key, RATE, raw, t, reading.patient, reading.device, reading.quantity,
-                    reading.value, f"{reading.quantity} {rule.direction} of {change:g} within "
-                    f"{rule.window:g} s (rule: >= {rule.delta:g})"))
+                    rule.key, RATE, raw, t, reading.patient, device, reading.quantity, value,
+                    f"{reading.quantity} {rule.direction} of {change:g} within "
+                    f"{rule.window:g} s on {device} (rule: >= {rule.delta:g})"))
 
     def _consciousness(self, out: list[Condition], reading: Reading) -> None:
         raw = Grade.RED if news2.consciousness_score(str(reading.value)) else None
@@ -626,13 +667,17 @@ class Evaluator:
     # ------------------------------------------------------------------ plumbing
 
     def _step(self, patient: str | None, key: str, raw: Grade | None, t: float,
-              immediate: bool) -> bool:
+              immediate: bool, clear_after: float | None = None) -> bool:
+        """Debounce one condition. clear_after None: an immediate condition clears at the
+        first normal observation, the others after config.clear_after."""
         track = self._tracks.get((patient, key))
         if track is None:
             if raw is None:
                 return False  # nothing to clear, no state worth keeping
             track = self._tracks[(patient, key)] = _Track()
-        return track.step(t, raw, self.config.persistence, self.config.clear_after, immediate)
+        if clear_after is None:
+            clear_after = 0.0 if immediate else self.config.clear_after
+        return track.step(t, raw, self.config.persistence, clear_after, immediate)
 
     def _artefact(self, out: list[Condition], patient: str, device: str, name: str,
                   flagged: bool, t: float, detail: str) -> None:

@@ -4,10 +4,11 @@ each with the alarm timeline the default limits imply. Tests and the simulator s
 A scenario knows its ground truth: the readings it injected as artefacts (motion spikes)
 are listed in `artefacts`, and sensors report finger-off and signal quality themselves.
 `expected_timeline` derives the alarms from that truth with a deliberately plain batch
-reading of the rules (default NEWS2 limits, default persistence, the SpO2-fall rule): for
-every condition key, the first time each grade has held on consecutive clean readings for
-its persistence time; only rises above the grade already expected count, because an open
-alarm is regraded, never duplicated. The evaluator must reproduce it reading by reading.
+reading of the rules (default NEWS2 limits, default persistence, the SpO2-fall rule with a
+window per device): for every condition key, the first time each grade has held on
+consecutive clean readings for its persistence time; only rises above the grade already
+expected count, because an open alarm is regraded, never duplicated. The evaluator must
+reproduce it reading by reading.
 
 Devices: pulse oximeter "sim-ox-1" (spo2, pr, with signal quality, 1 Hz), chest band
 "sim-band-1" (rr, 1 Hz), temperature patch "sim-temp-1" (every 10 s), cuff "sim-cuff-1"
@@ -258,6 +259,7 @@ def expected_timeline(readings: Sequence[Reading], artefacts: frozenset[int], st
 
     latest: dict[str, tuple[float, float]] = {}
     falls = [rule for rule in config.rate_rules if rule.direction == "fall"]
+    falling: dict[tuple[str, str], tuple[float, bool]] = {}  # (key, device) -> latest verdict
     for r in clean:
         immediate = r.quantity in config.spot_quantities or r.manual
         limits = news2_default(r.quantity)
@@ -266,9 +268,13 @@ def expected_timeline(readings: Sequence[Reading], artefacts: frozenset[int], st
             sample(f"{r.quantity}:high", r.time, limits.grade_high(r.value), immediate)
         for rule in falls:
             if rule.quantity == r.quantity:
-                window = [c.value for c in clean
-                          if c.quantity == r.quantity and r.time - rule.window <= c.time <= r.time]
-                dropped = max(window) - r.value >= rule.delta
+                # each device against its own window; the patient has the fall while any
+                # device's latest reading (within the window) shows it
+                window = [c.value for c in clean if c.quantity == r.quantity
+                          and c.device == r.device and r.time - rule.window <= c.time <= r.time]
+                falling[(rule.key, r.device)] = (r.time, max(window) - r.value >= rule.delta)
+                dropped = any(shows and seen >= r.time - rule.window
+                              for (key, _), (seen, shows) in falling.items() if key == rule.key)
                 sample(rule.key, r.time, rule.grade if dropped else None, True)
         parameter = news2.QUANTITY_PARAMETER.get(r.quantity)
         if parameter is None:

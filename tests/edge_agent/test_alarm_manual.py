@@ -1,13 +1,16 @@
 """Manual entries and the alarm path in a running agent (real mosquitto, reference centre):
 no false "device offline" for a patient's manual source, each manual message documented in
 the event journal like any receipt, and manual readings part of the rules' history that a
-restart rebuilds from (edge_agent/alarms/history.py) with their `manual` mark."""
+restart rebuilds from (edge_agent/alarms/history.py) with their `manual` mark, and counted in
+the ingest metric under the "manual" transport."""
 
 from __future__ import annotations
 
 import argparse
 import time
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.alarms import history
 from edge_agent.alarms.evaluator import OFFLINE
@@ -32,6 +35,14 @@ def queue_entry(data: Path, **values: float) -> None:
     assert args.handler(args) == 0
 
 
+def ingested(exposition: bytes, transport: str, verdict: str) -> float:
+    """vitalbridge_ingest_readings_total{transport, verdict} from the agent's metrics."""
+    wanted = {"transport": transport, "verdict": verdict}
+    return next(sample.value for family in text_string_to_metric_families(exposition.decode())
+                for sample in family.samples
+                if sample.name == "vitalbridge_ingest_readings_total" and sample.labels == wanted)
+
+
 def entry_done(data: Path) -> bool:
     with InboxStore.open(data) as store:
         return store.open_entries() == []
@@ -52,6 +63,8 @@ def test_a_manual_entry_is_documented_and_never_reported_offline(rig: Rig) -> No
                 ("p-0001", "hr", 72.0, True), ("p-0001", "spo2", 97.0, True)]
             offline = service.alarms.evaluator.tick(time.time() + 3600)
             assert [c.key for c in offline if c.key == f"{OFFLINE}:{MANUAL_SOURCE}"] == []
+            # counted in the ingest metric like any reading, under the "manual" transport
+            assert ingested(service.metrics.exposition(), "manual", "manual") == 2
         finally:
             await service.stop("test over")
 

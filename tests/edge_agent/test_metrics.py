@@ -101,6 +101,19 @@ def test_labels_are_bounded() -> None:
         metrics.count_refused(0)  # success is not a refusal
 
 
+def test_manual_entries_have_their_own_transport() -> None:
+    metrics = AgentMetrics()
+    before = parse(metrics.exposition().decode())
+    assert value(before, "vitalbridge_ingest_readings_total", transport="manual",
+                 verdict="manual") == 0  # pre-created like every other transport
+    metrics.count_ingest("manual", "manual", 2)
+    after = parse(metrics.exposition().decode())
+    assert value(after, "vitalbridge_ingest_readings_total", transport="manual",
+                 verdict="manual") == 2
+    assert value(after, "vitalbridge_ingest_readings_total", transport="serial",
+                 verdict="manual") == 0
+
+
 def test_gauges_from_journal_and_eventlog(tmp_path: Path) -> None:
     journal = JournalStore.open(tmp_path / "journal.db")
     now = time.time()
