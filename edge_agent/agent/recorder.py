@@ -44,6 +44,7 @@ class EventRecorder:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._closing = False  # close() asks the flusher to finish instead of cancelling it
         self.written = 0
         self.refused = 0
 
@@ -84,10 +85,11 @@ class EventRecorder:
         return True
 
     async def _flusher(self) -> None:
-        while True:
+        while not self._closing:
             await self._wake.wait()
             self._wake.clear()
-            await asyncio.sleep(self._flush_interval_s)  # let a burst share one commit
+            if not self._closing:
+                await asyncio.sleep(self._flush_interval_s)  # let a burst share one commit
             await self.flush()
 
     async def flush(self) -> None:
@@ -132,8 +134,11 @@ class EventRecorder:
         """Write what is queued, sign the tail and close the file."""
         if self._closed:
             return
+        # Never cancel the flusher: cancelled while it waits for the worker thread, the batch
+        # it took from the queue is neither written (the job is dropped) nor queued again.
+        self._closing = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         await self.flush()
         self._closed = True
