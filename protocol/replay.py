@@ -5,13 +5,22 @@ One SequenceTracker per (device, session): the seq in each sealed message is cla
     "new"       above everything seen so far (seqs skipped on the way become gaps)
     "new-late"  inside the window and not seen before: a gap being filled late
     "duplicate" already seen: drop it idempotently (same data, already stored)
-    "too-old"   below the window (or below the session's first seq): treat as a replay
+    "too-old"   below what the tracker still knows (or below the session's first seq):
+                it cannot be told from a replay
 
 Only record a seq after its message's MAC verified: a forged seq must never move the window.
 The window is a bitmap of `window` bits (default 1024 = 128 bytes) indexed by seq mod window,
 so memory and per-message work stay constant; `lost` counts seqs that fell out of the window
 without ever arriving. State round-trips through a small dict (to_state/from_state) for the
 gateway's journal. Runs on MicroPython (bytearray bitmap, no big allocations per message).
+
+History below the window (max_runs > 0): seqs that leave the window seen are kept as sorted,
+disjoint runs [first, last]. Below the window a seq is then answered exactly, "duplicate" or
+"new-late", so a device replaying an outbox far behind its live traffic is not mistaken for a
+replay. A session's seqs are consecutive, so this is usually one run. Memory stays bounded:
+past `max_runs` runs the lowest run is forgotten and `horizon` rises above it; seqs below the
+horizon are "too-old" again (safe: never accepted twice). max_runs = 0 (the default) keeps no
+history: everything below the window is "too-old".
 """
 
 from protocol.checks import is_int
@@ -25,8 +34,8 @@ TOO_OLD = "too-old"
 DEFAULT_WINDOW = 1024
 MAX_WINDOW = 65536
 MAX_SEQ = 0xFFFFFFFFFFFFFFFF
+MAX_RUNS = 4096
 STATE_VERSION = 1
-
 
 
 def _check_seq(field, seq):
@@ -41,18 +50,28 @@ def _check_window(window):
     return window
 
 
+def _check_max_runs(max_runs):
+    if not is_int(max_runs) or max_runs < 0 or max_runs > MAX_RUNS:
+        raise ValidationError("max_runs", "must be an integer in [0, %d]" % MAX_RUNS)
+    return max_runs
+
+
 class SequenceTracker:
     """Sliding-window tracker for one sequence space.
 
     start: the session's first seq, if known: anything below it is "too-old" and seqs from
     it on count as gaps until seen. Without it the first seq recorded sets the baseline and
     an earlier seq still inside the window is accepted as "new-late".
+    max_runs: how many runs of seen seqs below the window to remember (module docstring).
     """
 
-    def __init__(self, window=DEFAULT_WINDOW, start=None):
+    def __init__(self, window=DEFAULT_WINDOW, start=None, max_runs=0):
         self.window = _check_window(window)
+        self.max_runs = _check_max_runs(max_runs)
         self._bits = bytearray(window // 8)
         self.lost = 0
+        self.runs = []  # [[first, last], ...] seen below the window, sorted, disjoint
+        self.horizon = 0  # below it (and below the window) nothing is known any more
         if start is None:
             self.floor = None
             self.base = None
@@ -87,7 +106,9 @@ class SequenceTracker:
         if self.floor is not None and seq < self.floor:
             return TOO_OLD
         if seq <= self.high - self.window:
-            return TOO_OLD
+            if not self.max_runs or seq < self.horizon:
+                return TOO_OLD
+            return DUPLICATE if self._run_index(seq) >= 0 else NEW_LATE
         if self._seen(seq):
             return DUPLICATE
         return NEW_LATE
@@ -103,10 +124,57 @@ class SequenceTracker:
             self.high = seq
             self._mark(seq)
         elif verdict == NEW_LATE:
-            self._mark(seq)
+            if seq <= self.high - self.window:
+                if seq >= self.base and self.lost:
+                    self.lost -= 1  # counted lost when it left the window; it came after all
+                self._remember(seq, seq)
+            else:
+                self._mark(seq)
             if seq < self.base:
                 self.base = seq
         return verdict
+
+    # ------------------------------------------------------------ history below the window
+
+    def keep_history(self, max_runs):
+        """Start remembering seqs that leave the window from now on. What is below the
+        window already is unknown (it was never kept), so it stays "too-old"."""
+        self.max_runs = _check_max_runs(max_runs)
+        if self.max_runs and not self.runs and self.high is not None:
+            self.horizon = max(self.horizon, self.high - self.window + 1, 0)
+
+    def _run_index(self, seq):
+        """Index of the run holding seq, else -(insertion point) - 1 (binary search)."""
+        runs = self.runs
+        lo = 0
+        hi = len(runs)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if runs[mid][1] < seq:
+                lo = mid + 1
+            elif runs[mid][0] > seq:
+                hi = mid
+            else:
+                return mid
+        return -lo - 1
+
+    def _remember(self, first, last):
+        """Add seen seqs first..last (none of them in a run yet) to the runs, merging
+        neighbours; past max_runs the lowest run is forgotten (the horizon rises)."""
+        if not self.max_runs:
+            return
+        runs = self.runs
+        at = -self._run_index(first) - 1
+        if at > 0 and runs[at - 1][1] + 1 == first:
+            at -= 1
+            runs[at][1] = last
+        else:
+            runs.insert(at, [first, last])
+        if at + 1 < len(runs) and runs[at + 1][0] == runs[at][1] + 1:
+            runs[at][1] = runs[at + 1][1]
+            runs.pop(at + 1)
+        while len(runs) > self.max_runs:
+            self.horizon = runs.pop(0)[1] + 1
 
     def _advance(self, seq):
         """Slide the window top from self.high to seq, counting seqs that fall out unseen."""
@@ -114,10 +182,18 @@ class SequenceTracker:
         window = self.window
         if seq - high >= window:
             old = max(self.base, high - window + 1)
+            run_start = None
             while old <= high:
                 if not self._seen(old):
                     self.lost += 1
+                    if run_start is not None:
+                        self._remember(run_start, old - 1)
+                        run_start = None
+                elif run_start is None:
+                    run_start = old
                 old += 1
+            if run_start is not None:
+                self._remember(run_start, high)
             # seqs high+1 .. seq-window never entered the window
             self.lost += max(0, seq - window - high)
             for i in range(len(self._bits)):
@@ -126,8 +202,11 @@ class SequenceTracker:
         new = high + 1
         while new <= seq:
             leaving = new - window
-            if leaving >= self.base and not self._seen(leaving):
-                self.lost += 1
+            if leaving >= self.base:
+                if self._seen(leaving):
+                    self._remember(leaving, leaving)
+                else:
+                    self.lost += 1
             self._clear(new)
             new += 1
 
@@ -165,8 +244,10 @@ class SequenceTracker:
     # ------------------------------------------------------------ persistence
 
     def to_state(self):
-        """A small dict (CBOR/JSON-able but for `bits`, which is bytes) for persistence."""
-        return {
+        """A small dict (CBOR/JSON-able but for `bits`, which is bytes) for persistence.
+        The history keys appear only with max_runs > 0, so a tracker without history keeps
+        the state it always had (and a reader that ignores them stays safe: "too-old")."""
+        state = {
             "v": STATE_VERSION,
             "window": self.window,
             "floor": self.floor,
@@ -175,6 +256,11 @@ class SequenceTracker:
             "bits": bytes(self._bits),
             "lost": self.lost,
         }
+        if self.max_runs:
+            state["max_runs"] = self.max_runs
+            state["horizon"] = self.horizon
+            state["runs"] = [[first, last] for first, last in self.runs]
+        return state
 
     @classmethod
     def from_state(cls, state):
@@ -209,4 +295,30 @@ class SequenceTracker:
         tracker.high = high
         tracker._bits = bytearray(bits)
         tracker.lost = lost
+        tracker.max_runs = _check_max_runs(state.get("max_runs", 0))
+        tracker.horizon, tracker.runs = _history(state, tracker)
         return tracker
+
+
+def _history(state, tracker):
+    """(horizon, runs) from a state dict, checked: sorted, disjoint, not touching, below
+    the window and at most max_runs of them."""
+    horizon = state.get("horizon", 0)
+    runs = state.get("runs", [])
+    _check_seq("horizon", horizon)
+    if not isinstance(runs, (list, tuple)) or len(runs) > tracker.max_runs:
+        raise ValidationError("runs", "must be a list of at most max_runs runs")
+    checked = []
+    floor = horizon
+    for run in runs:
+        if not isinstance(run, (list, tuple)) or len(run) != 2:
+            raise ValidationError("runs", "each run must be [first, last]")
+        first = _check_seq("runs", run[0])
+        last = _check_seq("runs", run[1])
+        if first < floor or last < first:
+            raise ValidationError("runs", "must be sorted, disjoint and above the horizon")
+        if tracker.high is None or last > tracker.high - tracker.window:
+            raise ValidationError("runs", "must lie below the window")
+        checked.append([first, last])
+        floor = last + 2  # touching runs would have been merged
+    return horizon, checked

@@ -19,7 +19,7 @@ from typing import Protocol, runtime_checkable
 
 from edge_agent.lifecycle import states
 from protocol import cose, crypto, cwt
-from protocol.checks import fixed_bytes
+from protocol.checks import fixed_bytes, hexstr
 from protocol.topics import check_id
 
 KEY_SIZE = 32
@@ -33,14 +33,27 @@ class DirectoryUnavailable(Exception):
 class GatewayKeys:
     """The gateway's identity: Ed25519 seed (issues device certificates, attests readings)
     and X25519 key pair (session handshakes). `previous_issuers` are Ed25519 public keys of
-    earlier gateway key generations whose device certificates are still honoured."""
+    earlier gateway key generations whose device certificates are still honoured.
+
+    `retired_agreement` holds the X25519 private keys of earlier generations that were
+    retired by a gateway renewal but not destroyed yet: a device enrolled before the renewal
+    still addresses its hello to one of them (hello.gateway_kid) until it is renewed.
+    `forget_agreement` drops one when the lifecycle destroys it, also while the agent runs.
+    `destroyed_agreement` are kids of this gateway's destroyed agreement keys: a hello
+    addressed to one is refused with "renew the device" rather than "unknown key".
+    """
 
     gateway_id: str
     ed25519_seed: bytes = field(repr=False)
     x25519_private: bytes = field(repr=False)
     x25519_public: bytes = b""
     previous_issuers: tuple[bytes, ...] = ()
+    retired_agreement: tuple[bytes, ...] = field(default=(), repr=False)
+    destroyed_agreement: tuple[bytes, ...] = ()
     ed25519_public: bytes = field(init=False)
+    # agreement kid -> (private, public): current first; shrinks when a retired key is destroyed
+    _agreement: dict[bytes, tuple[bytes, bytes]] = field(init=False, repr=False, compare=False)
+    _destroyed: set[bytes] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_id("gateway_id", self.gateway_id)
@@ -51,6 +64,16 @@ class GatewayKeys:
         object.__setattr__(self, "ed25519_public", crypto.ed25519_public_key(seed))
         object.__setattr__(self, "previous_issuers", tuple(
             fixed_bytes("previous_issuers", key, KEY_SIZE) for key in self.previous_issuers))
+        retired = tuple(fixed_bytes("retired_agreement", key, KEY_SIZE)
+                        for key in self.retired_agreement)
+        object.__setattr__(self, "retired_agreement", retired)
+        pairs = [(private, self.x25519_public)]
+        pairs += [(key, crypto.x25519_public_key(key)) for key in retired]
+        agreement: dict[bytes, tuple[bytes, bytes]] = {}
+        for pair in pairs:
+            agreement.setdefault(cose.key_id(pair[1]), pair)
+        object.__setattr__(self, "_agreement", agreement)
+        object.__setattr__(self, "_destroyed", {bytes(k) for k in self.destroyed_agreement})
 
     @property
     def signing_kid(self) -> bytes:
@@ -58,9 +81,38 @@ class GatewayKeys:
         return cose.key_id(self.ed25519_public)
 
     @property
+    def agreement_kid(self) -> bytes:
+        """The kid devices enrolled now address their hello to: key_id(X25519 public key)."""
+        return cose.key_id(self.x25519_public)
+
+    @property
     def issuer_keys(self) -> tuple[bytes, ...]:
         """Public keys a device certificate may be signed with, current generation first."""
         return (self.ed25519_public, *self.previous_issuers)
+
+    def agreement_for(self, gateway_kid: bytes) -> tuple[bytes, bytes] | None:
+        """(X25519 private, public) of the agreement key a hello names, current or retired
+        but not destroyed; None when this gateway holds no such key (any more)."""
+        return self._agreement.get(bytes(gateway_kid))
+
+    def forget_agreement(self, gateway_kid: bytes) -> bool:
+        """Drop a retired agreement key from memory (it was destroyed). The current key
+        is never dropped here. True when a key was dropped."""
+        kid = bytes(gateway_kid)
+        if kid == self.agreement_kid:
+            return False
+        self._destroyed.add(kid)
+        return self._agreement.pop(kid, None) is not None
+
+    def agreement_refusal(self, gateway_kid: bytes) -> str:
+        """Why a hello addressed to `gateway_kid` cannot be answered (agreement_for is None)."""
+        kid = bytes(gateway_kid)
+        if kid in self._destroyed:
+            return (f"hello addressed to gateway agreement key {hexstr(kid)}, which was "
+                    f"retired and destroyed: the device must be renewed "
+                    f"(`vitalbridge device renew`) to learn key {hexstr(self.agreement_kid)}")
+        return (f"hello addressed to gateway agreement key {hexstr(kid)}, which is not a key "
+                f"of this gateway (current {hexstr(self.agreement_kid)})")
 
 
 @runtime_checkable

@@ -16,11 +16,20 @@ seqs whose batch is durable in the journal, plus the acknowledgement marks:
 
 Seqs verified but not yet durable are `pending` (memory only): a copy arriving meanwhile is
 "in flight", neither journaled twice nor acknowledged early.
+
+Keys of a device offline for days: the device keeps sealing under its last session and
+replays its outbox, oldest first, after its next hello. So a session past its lifetime and
+grace keeps its keys while they are still *owed*: until the device has used a newer session
+for `settle_s` after its last message under this one (what it still had, it would have
+re-sent by then), capped at the expiry of the certificate the session was opened with.
+A compromise still withdraws them at once. docs/verification.md, "Sessions".
 """
+
 
 from __future__ import annotations
 
 import itertools
+import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -52,8 +61,11 @@ class SessionPolicy:
     max_unconfirmed: of those, sessions no batch has verified under yet (a hello costs an
     attacker nothing, so unconfirmed sessions are evicted first and never push out one the
     device really uses); lifetime_s: after it, batches are flagged "session-expired" and the
-    device should open a new session; retain_s: keys are kept this much longer for outbox
-    re-sends, then wiped; tombstone_s: how long an ended session's reason is remembered.
+    device should open a new session; retain_s: keys are kept at least this much longer for
+    outbox re-sends; settle_s: after that, keys are kept until the device has used a newer
+    session this long after its last message under the old one (capped at the certificate's
+    expiry); tombstone_s: how long an ended session's reason is remembered; history_runs:
+    runs of seqs below the replay window each tracker remembers (protocol.replay).
     """
 
     max_per_device: int = 8
@@ -61,17 +73,23 @@ class SessionPolicy:
     lifetime_s: float = DAY
     retain_s: float = DAY
     tombstone_s: float = 30 * DAY
+    settle_s: float = DAY
     window: int = 4096
+    history_runs: int = 256
     max_tags: int = 8192
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_unconfirmed <= self.max_per_device:
             raise ValueError("need 1 <= max_unconfirmed <= max_per_device")
-        if self.lifetime_s <= 0 or self.retain_s < 0 or self.tombstone_s < 0:
-            raise ValueError("lifetime_s must be > 0, retain_s and tombstone_s >= 0")
+        if self.lifetime_s <= 0 or min(self.retain_s, self.tombstone_s, self.settle_s) < 0:
+            raise ValueError("lifetime_s must be > 0, retain_s, settle_s and tombstone_s >= 0")
         if self.max_tags < 1:
             raise ValueError("max_tags must be >= 1")
-        replay.SequenceTracker(self.window)  # validates the window
+        self.tracker()  # validates the window and history_runs
+
+    def tracker(self) -> replay.SequenceTracker:
+        """A fresh replay tracker with this policy's window and history."""
+        return replay.SequenceTracker(self.window, max_runs=self.history_runs)
 
 
 @dataclass(eq=False, slots=True)
@@ -95,6 +113,10 @@ class DeviceSession:
     tags: OrderedDict[int, bytes] = field(default_factory=OrderedDict, repr=False)
     tags_from: int | None = None  # lowest seq whose tag this process saw
     last_critical_seq: int | None = None  # a checkpoint covering it goes out as critical
+    # Memory only (the load time after a restart): the last message verified under this
+    # session, and the last one that brought new seqs (a replayed copy cannot fake that).
+    last_verified: float | None = None
+    last_new: float | None = None
 
     def stale(self, now: float, policy: SessionPolicy) -> bool:
         return now >= self.created_at + policy.lifetime_s
@@ -134,6 +156,13 @@ class DeviceSession:
             upto += 1
         self.durable_upto = None if upto < self.first_seq else upto
 
+    def verified(self, at: float, new: bool = False) -> None:
+        """A message under this session verified at `at`; `new`: it carried new seqs."""
+        if self.last_verified is None or at > self.last_verified:
+            self.last_verified = at
+        if new and (self.last_new is None or at > self.last_new):
+            self.last_new = at
+
     def progress(self) -> Progress:
         return Progress(self.kid, cbor.dumps(self.tracker.to_state()), self.confirmed,
                         self.first_seq, self.durable_upto, self.checkpoint_upto,
@@ -155,7 +184,11 @@ class Opened:
 class SessionTable:
     """Live sessions by kid, tombstones of ended ones, persisted in a StateStore."""
 
-    def __init__(self, store: StateStore, policy: SessionPolicy | None = None) -> None:
+    def __init__(self, store: StateStore, policy: SessionPolicy | None = None,
+                 now: float | None = None) -> None:
+        """now: the time of loading (default the wall clock). The last use of a loaded
+        session is not persisted, so it counts as used then: its keys are never released
+        earlier because of a restart, at most `settle_s` later."""
         self.store = store
         self.policy = policy or SessionPolicy()
         self._live: dict[bytes, DeviceSession] = {}
@@ -163,20 +196,23 @@ class SessionTable:
         # Opening order, not created_at: a wall clock may step back between two hellos.
         self._order = itertools.count()
         self._opened: dict[bytes, int] = {}
-        self._load()
+        self._load(time.time() if now is None else now)
 
-    def _load(self) -> None:
+    def _load(self, now: float) -> None:
         for row in self.store.sessions():
             if row.ended_reason is not None or row.device_mac_key is None \
                     or row.gateway_mac_key is None:
                 self._ended[row.kid] = (row.ended_reason or DESTROYED, row.ended_at or 0.0)
                 continue
             tracker = replay.SequenceTracker.from_state(cbor.loads(row.tracker))
+            if not tracker.max_runs:  # saved before trackers kept history below the window
+                tracker.keep_history(self.policy.history_runs)
             self._opened[row.kid] = next(self._order)
             self._live[row.kid] = DeviceSession(
                 row.kid, row.device_id, row.created_at, row.device_mac_key,
                 row.gateway_mac_key, cwt.parse_cwt(row.certificate), tracker, row.confirmed,
-                row.first_seq, row.durable_upto, row.checkpoint_upto, row.checkpoint_head)
+                row.first_seq, row.durable_upto, row.checkpoint_upto, row.checkpoint_head,
+                last_verified=max(now, row.created_at), last_new=max(now, row.created_at))
 
     # -- lookup ---------------------------------------------------------------------------
 
@@ -206,18 +242,20 @@ class SessionTable:
              now: float) -> Opened:
         """Answer a validated hello from the holder of `certificate` (verified by the
         caller). Durable before it returns, so the device never holds a session the gateway
-        would forget on restart. Raises SealError (key mismatch, wrong gateway key) or
-        SessionRefused."""
+        would forget on restart. The gateway's agreement key is the one the hello names: the
+        current one, or a retired one not yet destroyed (devices not renewed since a gateway
+        renewal). Raises SealError (key mismatch) or SessionRefused (no such key, kid in use)."""
+        agreement = keys.agreement_for(hello.gateway_kid)
+        if agreement is None:
+            raise SessionRefused(keys.agreement_refusal(hello.gateway_kid))
         established, accept = session.gateway_accept(
-            hello, certificate.agreement_key, keys.x25519_private, keys.x25519_public,
-            now=int(now))
+            hello, certificate.agreement_key, agreement[0], agreement[1], now=int(now))
         kid = established.session_id
         if kid in self._live or kid in self._ended:
             raise SessionRefused(f"session id {hexstr(kid)} is already in use")
         evicted = self._make_room(hello.device_id, now)
         new = DeviceSession(kid, hello.device_id, now, established.device_mac_key,
-                            established.gateway_mac_key, certificate,
-                            replay.SequenceTracker(self.policy.window))
+                            established.gateway_mac_key, certificate, self.policy.tracker())
         self.store.put_session(SessionRow(
             kid, new.device_id, now, new.device_mac_key, new.gateway_mac_key, certificate.raw,
             cbor.dumps(new.tracker.to_state())))
@@ -259,11 +297,40 @@ class SessionTable:
         return self.end([s.kid for s in self.of_device(device_id)],
                         f"{WITHDRAWN}: {reason}", now)
 
+    def owed(self, sess: DeviceSession, now: float) -> str | None:
+        """Why the session's keys must still be kept at `now`, None when they may go: the
+        device may still re-send batches sealed under it (module docstring)."""
+        if now >= sess.certificate.expires:
+            return None  # the cap: past the certificate, nothing it vouches for is owed
+        if now < sess.created_at + self.policy.lifetime_s + self.policy.retain_s:
+            return "within the session's lifetime and re-send grace"
+        last = sess.last_verified if sess.last_verified is not None else sess.created_at
+        order = self._opened[sess.kid]
+        for newer in self._live.values():
+            if newer.device_id == sess.device_id and self._opened[newer.kid] > order \
+                    and newer.last_new is not None \
+                    and newer.last_new >= last + self.policy.settle_s:
+                return None
+        return (f"device {sess.device_id} may still re-send batches sealed under it "
+                "(it has not used a newer session long enough since)")
+
+    def destroy(self, kid: bytes, now: float) -> bool:
+        """The lifecycle's destroyer for a session key: wipe it unless it is still owed.
+        True when no key is left (wiped now, or already ended)."""
+        sess = self._live.get(kid)
+        if sess is None:
+            return True
+        if self.owed(sess, now) is not None:
+            return False
+        self.end([kid], DESTROYED, now)
+        return True
+
     def expire(self, now: float) -> list[bytes]:
-        """End sessions past lifetime + retain; forget old tombstones. -> kids ended."""
-        limit = self.policy.lifetime_s + self.policy.retain_s
-        old = [s.kid for s in self._live.values() if now >= s.created_at + limit]
-        ended = self.end(old, f"{EXPIRED}: lifetime and re-send grace are over", now)
+        """End sessions whose keys are no longer owed; forget old tombstones. -> kids ended."""
+        capped = [s.kid for s in self._live.values() if now >= s.certificate.expires]
+        ended = self.end(capped, f"{EXPIRED}: the certificate it was opened with expired", now)
+        settled = [s.kid for s in self._live.values() if self.owed(s, now) is None]
+        ended += self.end(settled, f"{EXPIRED}: lifetime and re-send grace are over", now)
         cutoff = now - self.policy.tombstone_s
         if any(when < cutoff for _, when in self._ended.values()):
             self.store.forget_ended(cutoff)

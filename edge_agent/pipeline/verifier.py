@@ -486,6 +486,8 @@ class Verifier:
         new = tuple(s for s, c in zip(batch.seqs, classes, strict=True)
                     if c in (replay.NEW, replay.NEW_LATE))
         in_flight = PENDING in classes
+        # In use; with new seqs, keys of the device's older sessions may settle (sessions.py)
+        sess.verified(ctx.received_at, new=bool(new))
         too_old = replay.TOO_OLD in classes
         seq_range = (batch.first_seq, batch.last_seq)
         settled = None if in_flight else AckPlan(device, sess.kid, seq_range)
@@ -494,7 +496,8 @@ class Verifier:
                 return self._quarantined(
                     ctx, "sealed", f"sealed: replay: seqs {seq_range[0]}..{seq_range[1]} are "
                     f"below the replay window of session {hexstr(sess.kid)} (highest "
-                    f"{sess.tracker.high})", device, ack=settled)
+                    f"{sess.tracker.high}) and below what its history still knows "
+                    f"(horizon {sess.tracker.horizon})", device, ack=settled)
             if in_flight:
                 return Verdict("sealed", IN_FLIGHT, device)
             return Verdict("sealed", DUPLICATE, device, ack=settled,
@@ -556,6 +559,8 @@ class Verifier:
                                                   session_id=claims.session_id)
         except ProtocolError as exc:
             return self._quarantined(ctx, "checkpoint", f"checkpoint refused: {exc}", device)
+        if sess is not None:
+            sess.verified(ctx.received_at)
         ack = AckPlan(device, claims.session_id) if sess is not None else None
         if sess is not None and sess.checkpoint_upto is not None \
                 and claims.last_seq <= sess.checkpoint_upto:
@@ -598,6 +603,7 @@ class Verifier:
         except ProtocolError as exc:
             return self._quarantined(ctx, "device-event", f"device-event: {exc}",
                                      sess.device_id)
+        sess.verified(ctx.received_at)
         return Verdict("device-event", EVENT, sess.device_id, events=(event,))
 
     # -- acknowledgements -----------------------------------------------------------------

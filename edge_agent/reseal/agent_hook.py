@@ -2,7 +2,9 @@
 
 Re-seals first (keeper.Resealer, signed by the agent's CURRENT key, with the session MAC keys
 still in the session store), then: retired gateway keys are wiped from keys/retired/, other
-keys go to the agent's own destroyer (device session keys). A failed re-seal keeps the key,
+keys go to the agent's own destroyer (device session keys). A session key the session table
+still owes a device (SessionTable.owed: it may re-send its outbox) is left alone until it is
+no longer owed, so its rows are re-sealed `valid`, not `key-wiped`. A failed re-seal keeps the key,
 logs an error and journals a `maintenance.fault` (component "lifecycle", fault
 "reseal-failed"); the task shows as overdue after its ten-day deadline.
 """
@@ -37,11 +39,24 @@ def reseal_guard(service: Any, inner: Destroyer) -> Destroyer:
 
     def destroy(task: DestructionTask) -> bool:
         if task.holder_kind == "gateway":
-            return wipe_retired_gateway_key(keys_dir, task)
+            wiped = wipe_retired_gateway_key(keys_dir, task)
+            if wiped and task.purpose == "agreement":  # SESSIONS: no hello answered under it
+                service.directory.gateway_keys().forget_agreement(bytes.fromhex(task.kid))
+            return wiped
         return inner(task)
 
     resealer = Resealer(service.config.gateway.data_dir, service.gateway_id,
                         keyfiles.load_ed25519_seed(keys_dir / SIGNING_KEY_FILE),
                         service.registry, mac_key_of=mac_keys.get,
                         record=service.recorder.record, on_failure=failed)
-    return resealer.guard(destroy, service._clock)
+    guarded = resealer.guard(destroy, service._clock)
+
+    def keep_owed(task: DestructionTask) -> bool:
+        # SESSIONS: a session key a device may still re-send under is neither re-sealed nor
+        # wiped yet (SessionTable.owed); its rows are re-sealed `valid` once it may go.
+        if task.purpose == "session" and task.held_at == "gateway":
+            sess = service.sessions.get(bytes.fromhex(task.kid))
+            if sess is not None and service.sessions.owed(sess, service._clock()) is not None:
+                return False
+        return guarded(task)
+    return keep_owed

@@ -62,9 +62,14 @@ def test_session_past_its_lifetime_is_flagged_then_ended(tmp_path: Path) -> None
     kid = device.session.kid
     late, _ = home.deliver(device.seal([("spo2", 96)], T0 + DAY), at=T0 + DAY)
     assert late.outcome == v.STORED and late.flags == ("session-expired",)
+    old_session = device.session
+    home.connect(device, at=T0 + DAY + 5)  # the device moves on to a new session...
+    home.deliver(device.seal([("hr", 70)], T0 + 2 * DAY), at=T0 + 2 * DAY)  # ...and uses it
     assert home.verifier.tick(T0 + 2 * DAY - 1) == []
     assert home.verifier.tick(T0 + 2 * DAY) == [kid]
-    gone, _ = home.deliver(device.seal([("spo2", 96)], T0 + 2 * DAY), at=T0 + 2 * DAY)
+    device.session = old_session  # an outbox re-send under the ended session
+    gone, _ = home.deliver(device.seal([("spo2", 96)], T0 + 2 * DAY, chain=False),
+                           at=T0 + 2 * DAY)
     assert gone.outcome == v.QUARANTINED
     assert "has ended (expired: lifetime and re-send grace are over)" in gone.reason
     home.verifier.tick(T0 + 5 * DAY)  # the tombstone is forgotten

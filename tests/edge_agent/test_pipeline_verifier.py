@@ -120,15 +120,15 @@ class Home:
         self.devices: dict[str, Device] = {}
         self._open()
 
-    def _open(self) -> None:
+    def _open(self, now: float = T0) -> None:
         self.store = StateStore.open(self.path)
-        self.sessions = SessionTable(self.store, self.policy)
+        self.sessions = SessionTable(self.store, self.policy, now=now)
         self.verifier = Verifier(self.directory, self.sessions, critical=self.critical)
 
-    def restart(self) -> None:
-        """The agent process ends and starts again on the same state file."""
+    def restart(self, now: float = T0) -> None:
+        """The agent process ends and starts again (at `now`) on the same state file."""
         self.store.close()
-        self._open()
+        self._open(now)
 
     def enroll(self, device_id: str, *, not_before: int = T0 - DAY, expires: int = T0 + YEAR,
                patient: str | None = "P-1", calibration_due: int | None = FAR) -> Device:
@@ -297,7 +297,7 @@ def test_reordered_batches_fill_the_gap_late_and_the_gap_is_reported(home: Home)
 
 
 def test_batch_below_the_replay_window_is_quarantined_as_replay(tmp_path: Path) -> None:
-    home = Home(tmp_path, SessionPolicy(window=8))
+    home = Home(tmp_path, SessionPolicy(window=8, history_runs=0))  # no history kept
     device = home.enroll("ox-1")
     home.connect(device)
     old = device.seal([("spo2", 96)], T0)
