@@ -331,9 +331,13 @@ class Paced(threading.Thread):
             time.sleep(0.01)
 
 
-def profiled(profiler: cProfile.Profile | None, top: int = 25) -> str | None:
+def profiled(profiler: cProfile.Profile | None, dump: str | None = None,
+             top: int = 25) -> str | None:
+    """The top functions by own time; with `dump`, the whole profile to that file too."""
     if profiler is None:
         return None
+    if dump:
+        profiler.dump_stats(dump)
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
     return out.getvalue()
@@ -379,7 +383,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if profiler:
                 profiler.disable()
             agent_rate = args.batches * PER_BATCH / agent_s
-            profile_agent = profiled(profiler)
+            profile_agent = profiled(profiler, args.profile_out and
+                                     f"{args.profile_out}-agent.prof")
 
             per_s = agent_rate / PER_BATCH * args.load_fraction
             count = max(1, int(per_s * args.loaded_seconds))
@@ -459,7 +464,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.profile:
         figures["details"]["profile_agent"] = profile_agent
-        figures["details"]["profile_drain"] = profiled(profiler)
+        figures["details"]["profile_drain"] = profiled(profiler, args.profile_out and
+                                                       f"{args.profile_out}-drain.prof")
     return figures
 
 
@@ -482,6 +488,8 @@ def main() -> None:
                         help="event journal entries per transmission (the agent's setting)")
     parser.add_argument("--profile", action="store_true",
                         help="cProfile the agent phase; the top functions go to the output")
+    parser.add_argument("--profile-out", metavar="PREFIX",
+                        help="with --profile: also write PREFIX-agent.prof, PREFIX-drain.prof")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args()
     if args.backlog < 1_000_000:

@@ -85,6 +85,9 @@ class UplinkSettings:
     receipt_timeout_s: float = 300.0
     sweep_interval_s: float = 30.0  # how often overdue receipts are looked for
     stop_timeout_s: float = 5.0  # graceful shutdown: how long to wait for PUBACKs
+    # Fraction of the event loop's time routine publishing may use (alarms never limited):
+    # a backlog drain leaves the rest for ingest and alarms (docs/uplink.md).
+    routine_cpu_share: float = 0.35
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,7 +399,7 @@ class _Reader:
         table = self.table(doc, "uplink", "uplink") or {}
         self.known(table, "uplink", ("max_in_flight", "urgent_reserve", "max_unconfirmed",
                                      "receipt_timeout_s", "sweep_interval_s",
-                                     "stop_timeout_s"))
+                                     "stop_timeout_s", "routine_cpu_share"))
         defaults = UplinkSettings()
         window = self.integer(table, "max_in_flight", "uplink", 2, 65534, defaults.max_in_flight)
         reserve = self.integer(table, "urgent_reserve", "uplink", 0, 65533,
@@ -413,7 +416,9 @@ class _Reader:
             self.number(table, "sweep_interval_s", "uplink", 0.1,
                         default=defaults.sweep_interval_s),
             self.number(table, "stop_timeout_s", "uplink", 0.0, 600.0,
-                        default=defaults.stop_timeout_s))
+                        default=defaults.stop_timeout_s),
+            self.number(table, "routine_cpu_share", "uplink", 0.0, 1.0, above=True,
+                        default=defaults.routine_cpu_share))
 
     def array(self, doc: Mapping[str, Any], key: str, path: str) -> list[Mapping[str, Any]]:
         value = doc.get(key, [])

@@ -68,6 +68,7 @@ from edge_agent.logging_setup import redact
 from edge_agent.metrics import AgentMetrics, MetricsServer
 from edge_agent.pipeline import Attestor, GatewayKeys, Observation, SessionTable, StateStore
 from edge_agent.pipeline import verifier as verdicts
+from edge_agent.pipeline.retired_keys import load_retired_agreement  # SESSIONS helper
 from edge_agent.registry import NotFoundError, Registry
 from edge_agent.registry.links import registered_links
 from edge_agent.reseal.agent_hook import reseal_guard  # RENEWAL helper
@@ -199,14 +200,20 @@ class AgentService:
         for note in registered_links(self.registry, cfg, self._serial_devices,
                                      self._ble_devices):
             log.warning("%s", note)
+        # SESSIONS helper: retired, not destroyed agreement keys answer not-yet-renewed devices
+        retired = load_retired_agreement(cfg.gateway.keys_dir, self.registry, self.gateway_id)
+        for note in retired.notes:
+            log.warning("%s", note)
         keys = GatewayKeys(self.gateway_id, keys[0], keys[1],
-                           previous_issuers=self._previous_issuers(keys[0]))
+                           previous_issuers=self._previous_issuers(keys[0]),
+                           retired_agreement=retired.private_keys,
+                           destroyed_agreement=retired.gone)
         self.engine = LifecycleEngine(self.registry, on_event=self._lifecycle_event)
         self.directory = RegistryDirectory(self.registry, self.engine, keys)
         self._closers.append(self.directory.close)
         self.state_store = StateStore.open(data_dir / STATE_FILE)
         self._closers.append(self.state_store.close)
-        self.sessions = SessionTable(self.state_store)
+        self.sessions = SessionTable(self.state_store, now=self._clock())  # SESSIONS: load time
 
         self.journal_path = data_dir / JOURNAL_FILE
         self.journal = await Journal.open(self.journal_path, JournalConfig(
@@ -252,7 +259,8 @@ class AgentService:
             max_unconfirmed=cfg.uplink.max_unconfirmed,
             receipt_timeout_s=cfg.uplink.receipt_timeout_s,
             sweep_interval_s=cfg.uplink.sweep_interval_s,
-            stop_timeout_s=cfg.uplink.stop_timeout_s),
+            stop_timeout_s=cfg.uplink.stop_timeout_s,
+            routine_cpu_share=cfg.uplink.routine_cpu_share),  # PERF-2 hook
             on_alarm=self._technical_alarm, on_downlink=self._downlink)
         self._start_alarm_dispatch(mqtt_link)  # ALARM-MESSAGES hook (docs/alarms.md)
 
@@ -694,8 +702,8 @@ class AgentService:
         their holder (device command, technician) and stay open tasks until confirmed."""
         if task.held_at == "gateway" and task.purpose == "session" and task.holder_kind == \
                 "device":
-            self.sessions.end([bytes.fromhex(task.kid)], "destroyed", self._clock())
-            return True
+            # SESSIONS helper: kept while a device may still re-send under it (sessions.owed)
+            return self.sessions.destroy(bytes.fromhex(task.kid), self._clock())
         return False
 
     # -- uplink side -----------------------------------------------------------------------------

@@ -9,7 +9,8 @@ handshake's accept at once (it needs no durability), hands each verified outcome
 `on_verified` (the rules engine: see below) and starts a commit task per group:
 
     journal.append_many + journal.quarantine   (one group commit, one fsync)
-    -> verifier.committed_many                  (trackers persisted, device-acks built)
+    -> verifier.committed_many                  (trackers updated, device-acks built)
+    -> state-store write on the store thread    (trackers persisted, one fsync)
     -> device-acks sent back over the link the message came in on
     -> on_durable(outcomes)                     (event journal, metrics: the service)
 
@@ -24,8 +25,10 @@ Verification of the next group overlaps the commit of the previous ones; when
 disk to the verifier, so verified-but-unjournaled work stays bounded). Groups holding a
 critical reading are committed on their own, so they never wait for a routine group.
 Whatever commits finished by the time the acknowledging task runs is acknowledged together:
-one `committed_many`, one state-store transaction. If a commit fails, its verdicts are
-abandoned (`Verifier.abandoned`): nothing is acknowledged and the device re-sends.
+one `committed_many`, one state-store transaction. That transaction runs on the store
+thread (its fsync would otherwise stall the event loop for milliseconds per pass); the
+acknowledgements wait for it. If a commit fails, its verdicts are abandoned
+(`Verifier.abandoned`): nothing is acknowledged and the device re-sends.
 
 Load shedding: firmware messages beyond `max_pending` waiting items are shed
 *unacknowledged* (counted, logged): the device keeps them in its outbox and re-sends. Values
@@ -43,11 +46,12 @@ import logging
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from edge_agent.agent.signals import WorkSignal
 from edge_agent.journal import Journal, Priority, QuarantineEntry
-from edge_agent.pipeline import Attested, Attestor, Observation, Verdict, Verifier
+from edge_agent.pipeline import Attested, Attestor, Observation, StateStore, Verdict, Verifier
 
 log = logging.getLogger("vitalbridge.agent.reception")
 
@@ -117,8 +121,11 @@ class Reception:
                  reply: Reply, on_durable: Callable[[list[Outcome]], None],
                  on_verified: Callable[[Outcome], None] | None = None,
                  group_max: int = 32, link_quantum: int = 8, max_commits: int = 8,
-                 max_pending: int = 20_000) -> None:
+                 max_pending: int = 20_000, state_store: StateStore | None = None) -> None:
         self.verifier = verifier
+        # The store the verifier's session table saves its progress in (the default).
+        self._state_store = state_store if state_store is not None else verifier.sessions.store
+        self._store_thread: ThreadPoolExecutor | None = None
         self.attestor = attestor
         self.journal = journal
         self._reply = reply
@@ -178,6 +185,7 @@ class Reception:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="state-store")
         self._task = asyncio.create_task(self._run(), name="reception")
         self._ack_task = asyncio.create_task(self._acknowledger(), name="reception-acks")
 
@@ -200,6 +208,9 @@ class Reception:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         self._task = self._ack_task = None
+        if self._store_thread is not None:
+            self._store_thread.shutdown(wait=True)
+            self._store_thread = None
 
     # -- the verification task -----------------------------------------------------------------
 
@@ -349,7 +360,7 @@ class Reception:
             groups, self._durable = self._durable, []
             self._acknowledging = True
             try:
-                self._acknowledge([o for group in groups for o in group])
+                await self._acknowledge([o for group in groups for o in group])
             except Exception:  # the state store failed: the devices re-send, nothing is lost
                 log.exception("acknowledging %d committed groups failed", len(groups))
             for outcomes in groups:
@@ -359,12 +370,21 @@ class Reception:
                     log.exception("handing on %d durable outcomes failed", len(outcomes))
             self._acknowledging = False
 
-    def _acknowledge(self, outcomes: Sequence[Outcome]) -> None:
+    async def _acknowledge(self, outcomes: Sequence[Outcome]) -> None:
         firmware = [o for o in outcomes if o.verdict is not None]
         if not firmware:
             return
-        acks = self.verifier.committed_many([o.verdict for o in firmware if o.verdict])
+        with self._state_store.deferring_progress() as progress:
+            acks = self.verifier.committed_many([o.verdict for o in firmware if o.verdict])
+        if progress:  # durable before acknowledged: the acks wait for this write
+            await asyncio.get_running_loop().run_in_executor(
+                self._store_thread, self._state_store.write_progress, progress)
+        sessions = self.verifier.sessions
         for outcome, ack in zip(firmware, acks, strict=True):
+            plan = outcome.verdict.ack if outcome.verdict is not None else None
+            if plan is not None and sessions.current(plan.device_id) is None:
+                # Withdrawn during the write: committed_many would now build no ack.
+                continue
             if ack is not None:
                 outcome.acked = self._send(outcome.link, ack)
                 self.counters.acks_sent += outcome.acked

@@ -297,20 +297,39 @@ def _check_blob(name: str, value: object) -> None:
                                         "declared public keys and digests may hold one")
 
 
+# Actors and subjects repeat ("agent", "gateway:gw-1" on every transmission entry): a text
+# that passed its check once passes again (the checks depend on the text alone). Bounded.
+_PASSED_LIMIT = 1024
+_passed_actors: set[str] = set()
+_passed_subjects: set[str] = set()
+
+
+def _remember(passed: set[str], text: str) -> None:
+    if len(passed) >= _PASSED_LIMIT:
+        passed.clear()
+    passed.add(text)
+
+
 def validate_actor(actor: object) -> str:
     """Who caused the event: "agent", "centre", "clinician:c-1234", "technician:t-7"."""
+    if type(actor) is str and actor in _passed_actors:
+        return actor
     if not isinstance(actor, str) or not _ACTOR.match(actor):
         raise ValidationError("actor", "must be a role, optionally ':' and a pseudonymous id "
                                        "(e.g. 'agent', 'clinician:c-1234')")
     _check_blob("actor", actor)
+    _remember(_passed_actors, actor)
     return actor
 
 
 def validate_subject(subject: object) -> str:
     """What the event is about: "device:ox-1", "alarm:ab12", "key:0011223344556677"."""
+    if type(subject) is str and subject in _passed_subjects:
+        return subject
     if not isinstance(subject, str) or not _SUBJECT.match(subject):
         raise ValidationError("subject", "must be 1-200 printable characters without spaces")
     _check_blob("subject", subject)
+    _remember(_passed_subjects, subject)
     return subject
 
 
@@ -326,7 +345,9 @@ def validate_details(kind_name: object, details: object) -> dict[str, Any]:
         if not isinstance(name, str):
             raise ValidationError("details", f"field name {name!r} is not text")
         declared = kind.field_type(name)
-        reason = _refusal(name, declared)
+        # Declared names passed the rule once, at import (_check_schema): only an undeclared
+        # name needs it, for the reason to give.
+        reason = _refusal(name, None) if declared is None else None
         if reason:
             raise ValidationError(name, reason)
         if isinstance(value, bytes | bytearray | memoryview):

@@ -10,14 +10,20 @@ Why keys are persisted at all: a device re-sends unacknowledged batches from its
 under the session they were sealed in, also after the gateway restarted. Without the key
 the gateway could only quarantine them; with it, replay protection and delivery both
 survive a restart. docs/verification.md discusses the trade-off.
+
+Threads: the replay progress saved after each journal commit is written on the reception's
+store thread (`deferring_progress` + `write_progress`), so its fsync does not stall the event
+loop; the rare writes (hellos, attestation seqs, session ends) stay on the event loop. A lock
+keeps every transaction on the one connection whole.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable
-from contextlib import AbstractContextManager
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,6 +104,8 @@ class Progress:
 class StateStore:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        self._lock = threading.Lock()  # one transaction (or read) at a time on _conn
+        self._deferred: list[Progress] | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> StateStore:
@@ -127,10 +135,13 @@ class StateStore:
         return cls(conn)
 
     def close(self) -> None:
-        self._conn.close()
+        with self._lock:
+            self._conn.close()
 
-    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        return immediate(self._conn)
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, immediate(self._conn) as conn:
+            yield conn
 
     # -- sessions -----------------------------------------------------------------------
 
@@ -145,14 +156,38 @@ class StateStore:
                  row.ended_reason, row.ended_at))
 
     def sessions(self) -> list[SessionRow]:
-        rows = self._conn.execute(f"SELECT {_COLUMNS} FROM sessions ORDER BY created_at, kid")
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM sessions ORDER BY created_at, kid").fetchall()
         return [SessionRow(kid, device, created, dkey, gkey, cert, tracker, bool(confirmed),
                            first, upto, cp_upto, cp_head, reason, ended)
                 for (kid, device, created, dkey, gkey, cert, tracker, confirmed, first, upto,
                      cp_upto, cp_head, reason, ended) in rows]
 
     def save_progress(self, items: Iterable[Progress]) -> None:
-        """Replay trackers and acknowledgement marks of live sessions, in one transaction."""
+        """Replay trackers and acknowledgement marks of live sessions, in one transaction;
+        inside `deferring_progress` they are only collected (the caller writes them)."""
+        if self._deferred is not None:
+            self._deferred.extend(items)
+            return
+        self.write_progress(items)
+
+    @contextmanager
+    def deferring_progress(self) -> Iterator[list[Progress]]:
+        """Collect what `save_progress` is given inside the block instead of writing it.
+        The caller writes the list with `write_progress` (any thread) and must not report
+        anything that depends on it (a device-ack) before that returned. Event loop only."""
+        if self._deferred is not None:
+            raise RuntimeError("deferring_progress blocks do not nest")
+        collected: list[Progress] = []
+        self._deferred = collected
+        try:
+            yield collected
+        finally:
+            self._deferred = None
+
+    def write_progress(self, items: Iterable[Progress]) -> None:
+        """save_progress's transaction (durable when this returns); safe from any thread."""
         with self._transaction() as conn:
             conn.executemany(
                 "UPDATE sessions SET tracker = ?, confirmed = ?, first_seq = ?, "
@@ -182,7 +217,8 @@ class StateStore:
 
     def _flush_wal(self) -> None:
         # Old page images holding the wiped keys live on in the WAL until it is truncated.
-        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # -- sequence numbers of attested readings -----------------------------------------
 

@@ -41,6 +41,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_agent.uplink.backoff import Backoff, BackoffPolicy
+from edge_agent.uplink.properties import PublishProperties
 from protocol import messages, topics
 
 log = logging.getLogger("vitalbridge.uplink.link")
@@ -256,6 +257,7 @@ class MqttLink:
         self._own_lock = threading.Lock()
         self._own_mids: set[int] = set()  # our status publishes: not the delivery loop's
         self._pump: _EventPump | None = None
+        self._publish_properties = PublishProperties()
         self._client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
@@ -315,11 +317,7 @@ class MqttLink:
         never takes a slot of the broker's Receive Maximum that the delivery window counts
         on, and never produces a PubAck the delivery loop would not know; the caller
         publishes it again after every reconnect (alarms/dispatch.py)."""
-        properties = Properties(PacketTypes.PUBLISH)
-        if correlation is not None:
-            properties.CorrelationData = correlation
-        if response_topic is not None:
-            properties.ResponseTopic = response_topic
+        properties = self._publish_properties.build(correlation, response_topic)
         info = self._client.publish(topic, payload, qos=0 if retain else 1, retain=retain,
                                     properties=properties)
         # NO_CONN: paho keeps the message and sends it after the next CONNACK (or drops it
