@@ -47,6 +47,8 @@ def journaled_batches(journal_path: Path, since: float) -> list[JournaledBatch]:
     conn = sqlite3.connect(journal_path.resolve().as_uri() + "?mode=ro", uri=True,
                            isolation_level=None)
     batches: list[JournaledBatch] = []
+    skipped: list[int] = []
+    first_reason = ""
     try:
         rows = conn.execute(
             "SELECT id, device_id, payload, verdict FROM messages "
@@ -55,12 +57,16 @@ def journaled_batches(journal_path: Path, since: float) -> list[JournaledBatch]:
             try:
                 claimed, decoded = decode_message(bytes(payload))
             except ProtocolError as exc:
-                log.warning("journal row %d not used to rebuild the rules: %s", row_id, exc)
+                skipped.append(row_id)
+                first_reason = first_reason or str(exc)
                 continue
             batches.append(JournaledBatch(device_id or claimed, verdict == MANUAL_VERDICT,
                                           tuple(decoded)))
     finally:
         conn.close()
+    if skipped:  # one line, not one per row: a long backlog must not flood the log at start
+        log.warning("%d journal rows (ids %d..%d) not used to rebuild the rules; first: %s",
+                    len(skipped), skipped[0], skipped[-1], first_reason)
     return batches
 
 
