@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -244,11 +245,36 @@ async def _unless_link_drops(connection: Connection, sending: Awaitable[None]) -
 # ---- standard health devices ------------------------------------------------------------
 
 
+# Per device kind: its SIG service, the measurement characteristic and whether the
+# service specification has that characteristic notified or indicated.
+SIG_LAYOUTS: dict[str, tuple[int, int, gatt.Characteristic.Properties]] = {
+    "heart_rate": (ble_service.HEART_RATE_SERVICE, ble_service.HEART_RATE_MEASUREMENT, _P.NOTIFY),
+    "thermometer": (
+        ble_service.HEALTH_THERMOMETER_SERVICE,
+        ble_service.TEMPERATURE_MEASUREMENT,
+        _P.INDICATE,
+    ),
+    "blood_pressure": (
+        ble_service.BLOOD_PRESSURE_SERVICE,
+        ble_service.BLOOD_PRESSURE_MEASUREMENT,
+        _P.INDICATE,
+    ),
+    "pulse_oximeter": (
+        ble_service.PULSE_OXIMETER_SERVICE,
+        ble_service.PLX_CONTINUOUS_MEASUREMENT,
+        _P.NOTIFY,
+    ),
+    "weight_scale": (ble_service.WEIGHT_SCALE_SERVICE, ble_service.WEIGHT_MEASUREMENT, _P.INDICATE),
+    "glucose_meter": (ble_service.GLUCOSE_SERVICE, ble_service.GLUCOSE_MEASUREMENT, _P.NOTIFY),
+}
+
+
 class StandardHealthDevice(SimulatedPeripheral):
     """A SIG health device: one measurement characteristic fed by a value source.
 
-    Subclasses declare their service, the measurement characteristic and whether the
-    specification has it notified or indicated, and read-only companions (feature, type).
+    Subclasses declare their `kind` (its SIG_LAYOUTS row gives the service and the
+    measurement characteristic), default field values and read-only companions
+    (feature, type).
     """
 
     service_uuid16: ClassVar[int]
@@ -256,6 +282,10 @@ class StandardHealthDevice(SimulatedPeripheral):
     measurement_property: ClassVar[gatt.Characteristic.Properties]
     companions: ClassVar[tuple[tuple[int, bytes], ...]] = ()  # (uuid16, read-only value)
     default_values: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.service_uuid16, cls.measurement_uuid16, cls.measurement_property = SIG_LAYOUTS[cls.kind]
 
     def __init__(
         self,
@@ -330,9 +360,6 @@ class HeartRateMonitor(StandardHealthDevice):
         "energy_expended_kj": None,
         "rr_intervals_s": None,
     }
-    service_uuid16 = ble_service.HEART_RATE_SERVICE
-    measurement_uuid16 = ble_service.HEART_RATE_MEASUREMENT
-    measurement_property = _P.NOTIFY
     companions = ((ble_service.BODY_SENSOR_LOCATION, b"\x01"),)  # chest
 
     def encode(self, values: Mapping[str, Any]) -> bytes:
@@ -349,9 +376,6 @@ class Thermometer(StandardHealthDevice):
 
     kind = "thermometer"
     default_values: ClassVar[dict[str, Any]] = {"temp": 36.8, "fahrenheit": False}
-    service_uuid16 = ble_service.HEALTH_THERMOMETER_SERVICE
-    measurement_uuid16 = ble_service.TEMPERATURE_MEASUREMENT
-    measurement_property = _P.INDICATE
     companions = ((ble_service.TEMPERATURE_TYPE, b"\x02"),)  # body (general)
 
     def encode(self, values: Mapping[str, Any]) -> bytes:
@@ -377,9 +401,6 @@ class BloodPressureMonitor(StandardHealthDevice):
         "kpa": False,
         "measurement_status": None,
     }
-    service_uuid16 = ble_service.BLOOD_PRESSURE_SERVICE
-    measurement_uuid16 = ble_service.BLOOD_PRESSURE_MEASUREMENT
-    measurement_property = _P.INDICATE
     companions = ((ble_service.BLOOD_PRESSURE_FEATURE, b"\x00\x00"),)
 
     def encode(self, values: Mapping[str, Any]) -> bytes:
@@ -411,20 +432,11 @@ class PulseOximeter(StandardHealthDevice):
     # PLX Features: measurement status, device and sensor status, spot-check timestamp and
     # pulse amplitude index supported, then the supported status bits (uint16, uint24).
     FEATURES = bytes((0x4B, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0x00))
-    service_uuid16 = ble_service.PULSE_OXIMETER_SERVICE
-    measurement_uuid16 = ble_service.PLX_CONTINUOUS_MEASUREMENT
-    measurement_property = _P.NOTIFY
     companions = ((ble_service.PLX_FEATURES, FEATURES),)
 
-    def __init__(
-        self,
-        name: str,
-        source: ValueSource | None = None,
-        *,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        super().__init__(name, source, clock=clock)
-        self.spot_check_measurement = gatt.Characteristic(
+    @functools.cached_property
+    def spot_check_measurement(self) -> gatt.Characteristic[Any]:
+        return gatt.Characteristic(
             _uuid16(ble_service.PLX_SPOT_CHECK_MEASUREMENT), _P.INDICATE, 0, b""
         )
 
@@ -465,9 +477,6 @@ class WeightScale(StandardHealthDevice):
         "bmi": None,
         "height": None,
     }
-    service_uuid16 = ble_service.WEIGHT_SCALE_SERVICE
-    measurement_uuid16 = ble_service.WEIGHT_MEASUREMENT
-    measurement_property = _P.INDICATE
     # Weight Scale Feature (uint32): time stamp supported, weight resolution 0.005 kg.
     companions = ((ble_service.WEIGHT_SCALE_FEATURE, (0x02 | 7 << 3).to_bytes(4, "little")),)
 
@@ -501,9 +510,6 @@ class GlucoseMeter(StandardHealthDevice):
     """
 
     kind = "glucose_meter"
-    service_uuid16 = ble_service.GLUCOSE_SERVICE
-    measurement_uuid16 = ble_service.GLUCOSE_MEASUREMENT
-    measurement_property = _P.NOTIFY
     companions = ((ble_service.GLUCOSE_FEATURE, b"\x00\x00"),)
     default_values: ClassVar[dict[str, Any]] = {"glucose": 100, "sensor_status": None}
 

@@ -16,17 +16,25 @@ and raises only GattError (reason names the field). Runs on MicroPython.
 from protocol.errors import GattError
 from protocol.gatt import ieee11073
 from protocol.gatt.fields import (
+    ALWAYS,
+    FLAG,
+    FlaggedLayout,
     Reader,
+    Writer,
     bit,
     bitfield,
+    bits_field,
+    code_field,
+    date_time_field,
     entry,
-    named_code,
     pack_date_time,
     pack_float,
     pack_sfloat,
     pack_uint,
     quantize,
     read_date_time,
+    sfloat_entry,
+    uint_field,
 )
 
 GLUCOSE_MEASUREMENT = 0x2A18
@@ -41,16 +49,6 @@ WEIGHT_MEASUREMENT = 0x2A9D
 
 BEAT_PER_MIN = "beat/min"
 UNKNOWN_USER = 255  # User ID value meaning "unknown user" (BLS, WSS)
-
-
-def _result(name, uuid, flags, rfu_mask, values):
-    return {
-        "characteristic": name,
-        "uuid": uuid,
-        "flags": flags,
-        "rfu_flags": flags & rfu_mask,
-        "values": values,
-    }
 
 
 def _check_flag(value, field):
@@ -70,15 +68,18 @@ _HR_RFU = 0xE0
 RR_TICKS_PER_SECOND = 1024
 
 
-def decode_heart_rate(data) -> dict:
-    """Heart rate (beat/min), sensor contact, energy expended (kJ), RR-intervals (s)."""
-    reader = Reader(data, "heart_rate")
-    flags = reader.u8("flags")
-    hr_uint16 = bool(flags & _HR_UINT16)
-    hr = reader.u16("hr") if hr_uint16 else reader.u8("hr")
+def _read_hr(reader, flags, result):
+    hr = reader.uint(2 if flags & _HR_UINT16 else 1, "hr")
+    result["values"].append({"n": "hr", "v": float(hr), "u": BEAT_PER_MIN})
+
+
+def _sensor_contact(reader, flags, result):
     # Bits 1-2: 0b0x = feature not supported, 0b10 = no contact, 0b11 = contact.
-    contact = bool(flags & _HR_CONTACT_DETECTED) if flags & _HR_CONTACT_SUPPORTED else None
-    energy = reader.u16("energy_expended") if flags & _HR_ENERGY else None
+    return bool(flags & _HR_CONTACT_DETECTED) if flags & _HR_CONTACT_SUPPORTED else None
+
+
+def _read_rr_intervals(reader, flags, result):
+    # Always called: an absent RR-Interval field decodes as [] (not None).
     rr_intervals = []
     if flags & _HR_RR:
         left = reader.remaining()
@@ -88,19 +89,27 @@ def decode_heart_rate(data) -> dict:
             raise reader.error("rr_intervals", "odd length %d (uint16 values)" % left)
         for _ in range(left // 2):
             rr_intervals.append(reader.u16("rr_intervals") / RR_TICKS_PER_SECOND)
-    reader.finish(flags & _HR_RFU)
-    result = _result(
-        "heart_rate",
-        HEART_RATE_MEASUREMENT,
-        flags,
-        _HR_RFU,
-        [{"n": "hr", "v": float(hr), "u": BEAT_PER_MIN}],
-    )
-    result["hr_uint16"] = hr_uint16
-    result["sensor_contact"] = contact
-    result["energy_expended_kj"] = energy
-    result["rr_intervals_s"] = rr_intervals
-    return result
+    return rr_intervals
+
+
+# GSS "Heart Rate Measurement" field table, after Flags (rows: fields.read_fields).
+_HEART_RATE = FlaggedLayout(
+    "heart_rate",
+    HEART_RATE_MEASUREMENT,
+    _HR_RFU,
+    (
+        (ALWAYS, None, _read_hr),  # Heart Rate Measurement Value, uint8 or uint16 (bit 0)
+        (_HR_UINT16, "hr_uint16", FLAG),
+        (ALWAYS, "sensor_contact", _sensor_contact),  # bits 1-2, no bytes
+        (_HR_ENERGY, "energy_expended_kj", uint_field(2, "energy_expended")),  # Energy Expended
+        (ALWAYS, "rr_intervals_s", _read_rr_intervals),  # RR-Interval, bit 4: the rest, uint16s
+    ),
+)
+
+
+def decode_heart_rate(data) -> dict:
+    """Heart rate (beat/min), sensor contact, energy expended (kJ), RR-intervals (s)."""
+    return _HEART_RATE.decode(data)
 
 
 def encode_heart_rate(
@@ -128,16 +137,13 @@ def encode_heart_rate(
         flags = bit(
             flags, _HR_CONTACT_DETECTED, _check_flag(sensor_contact, "heart_rate.sensor_contact")
         )
-    flags = bit(flags, _HR_ENERGY, energy_expended_kj is not None)
-    flags = bit(flags, _HR_RR, bool(rr_intervals_s))
-    out = bytearray((flags,))
-    out += pack_uint(hr, 2 if wide else 1, "heart_rate.hr")
-    if energy_expended_kj is not None:
-        out += pack_uint(energy_expended_kj, 2, "heart_rate.energy_expended_kj")
+    writer = Writer("heart_rate", bit(flags, _HR_RR, bool(rr_intervals_s)))
+    writer.field("hr", hr, pack_uint, 2 if wide else 1)
+    writer.optional(_HR_ENERGY, "energy_expended_kj", energy_expended_kj, pack_uint, 2)
     for seconds in rr_intervals_s or ():
         ticks = quantize(seconds, RR_TICKS_PER_SECOND, "heart_rate.rr_intervals_s")
-        out += pack_uint(ticks, 2, "heart_rate.rr_intervals_s")
-    return bytes(out)
+        writer.field("rr_intervals_s", ticks, pack_uint, 2)
+    return writer.value()
 
 
 # --- Temperature Measurement 0x2A1C (HTS 1.0, GSS) ------------------------------
@@ -170,24 +176,32 @@ def fahrenheit_to_celsius(mantissa: int, exponent: int) -> float:
     return ieee11073.decimal_to_float(numerator - 32 * scale, 0, 5, 9 * scale)
 
 
-def decode_temperature(data) -> dict:
-    """Body temperature (always Cel; Fahrenheit converted), timestamp, temperature type."""
-    reader = Reader(data, "temperature")
-    flags = reader.u8("flags")
+def _read_temperature(reader, flags, result):
     raw = reader.uint(4, "temperature")
-    fahrenheit = bool(flags & _T_FAHRENHEIT)
-    if fahrenheit:
+    if flags & _T_FAHRENHEIT:
         value = entry("temp", "Cel", raw, True, fahrenheit_to_celsius, "[degF]")
     else:
         value = entry("temp", "Cel", raw, True)
-    timestamp = read_date_time(reader, "timestamp") if flags & _T_TIMESTAMP else None
-    kind = named_code(reader.u8("temperature_type"), TEMPERATURE_TYPES) if flags & _T_TYPE else None
-    reader.finish(flags & _T_RFU)
-    result = _result("temperature", TEMPERATURE_MEASUREMENT, flags, _T_RFU, [value])
-    result["fahrenheit"] = fahrenheit
-    result["timestamp"] = timestamp
-    result["temperature_type"] = kind
-    return result
+    result["values"].append(value)
+
+
+# GSS "Temperature Measurement" field table, after Flags (rows: fields.read_fields).
+_TEMPERATURE = FlaggedLayout(
+    "temperature",
+    TEMPERATURE_MEASUREMENT,
+    _T_RFU,
+    (
+        (ALWAYS, None, _read_temperature),  # Temperature Measurement Value, FLOAT, Cel or degF
+        (_T_FAHRENHEIT, "fahrenheit", FLAG),
+        (_T_TIMESTAMP, "timestamp", date_time_field("timestamp")),  # Time Stamp
+        (_T_TYPE, "temperature_type", code_field("temperature_type", TEMPERATURE_TYPES)),
+    ),
+)
+
+
+def decode_temperature(data) -> dict:
+    """Body temperature (always Cel; Fahrenheit converted), timestamp, temperature type."""
+    return _TEMPERATURE.decode(data)
 
 
 def encode_temperature(
@@ -203,16 +217,13 @@ def encode_temperature(
     FLOAT with `decimals` decimals; timestamp: Date Time dict or (y, m, d, h, min, s);
     temperature_type: None or the uint8 code (TEMPERATURE_TYPES).
     """
-    flags = bit(0, _T_FAHRENHEIT, _check_flag(fahrenheit, "temperature.fahrenheit"))
-    flags = bit(flags, _T_TIMESTAMP, timestamp is not None)
-    flags = bit(flags, _T_TYPE, temperature_type is not None)
-    out = bytearray((flags,))
-    out += pack_float(value, decimals, "temperature.value")
-    if timestamp is not None:
-        out += pack_date_time(timestamp, "temperature.timestamp")
-    if temperature_type is not None:
-        out += pack_uint(temperature_type, 1, "temperature.temperature_type")
-    return bytes(out)
+    writer = Writer(
+        "temperature", bit(0, _T_FAHRENHEIT, _check_flag(fahrenheit, "temperature.fahrenheit"))
+    )
+    writer.field("value", value, pack_float, decimals)
+    writer.optional(_T_TIMESTAMP, "timestamp", timestamp, pack_date_time)
+    writer.optional(_T_TYPE, "temperature_type", temperature_type, pack_uint, 1)
+    return writer.value()
 
 
 # --- Blood Pressure Measurement 0x2A35 (BLS 1.0, GSS) ---------------------------
@@ -240,34 +251,42 @@ def kpa_to_mmhg(mantissa: int, exponent: int) -> float:
     return ieee11073.decimal_to_float(mantissa, exponent + 12, 1, 133322387415)
 
 
-def decode_blood_pressure(data) -> dict:
-    """Systolic, diastolic, MAP (always mmHg; kPa converted), pulse rate, user, status."""
-    reader = Reader(data, "blood_pressure")
-    flags = reader.u8("flags")
-    kpa = bool(flags & _BP_KPA)
-    values = []
+def _read_pressures(reader, flags, result):
+    # Systolic, Diastolic, Mean Arterial Pressure: SFLOAT each, mmHg or kPa (bit 0).
     for name in ("sys", "dia", "map"):
         raw = reader.u16(name)
-        if kpa:
-            values.append(entry(name, "mmHg", raw, False, kpa_to_mmhg, "kPa"))
+        if flags & _BP_KPA:
+            result["values"].append(entry(name, "mmHg", raw, False, kpa_to_mmhg, "kPa"))
         else:
-            values.append(entry(name, "mmHg", raw))
-    timestamp = read_date_time(reader, "timestamp") if flags & _BP_TIMESTAMP else None
-    if flags & _BP_PULSE_RATE:
-        values.append(entry("pr", BEAT_PER_MIN, reader.u16("pulse_rate")))
-    user_id = reader.u8("user_id") if flags & _BP_USER_ID else None
-    status = None
-    if flags & _BP_STATUS:
-        raw_status = reader.u16("measurement_status")
-        status = bitfield(raw_status, BP_STATUS_BITS)
-        status["pulse_rate_range"] = PULSE_RATE_RANGES[(raw_status >> 3) & 3]
-    reader.finish(flags & _BP_RFU)
-    result = _result("blood_pressure", BLOOD_PRESSURE_MEASUREMENT, flags, _BP_RFU, values)
-    result["kpa"] = kpa
-    result["timestamp"] = timestamp
-    result["user_id"] = user_id
-    result["measurement_status"] = status
-    return result
+            result["values"].append(entry(name, "mmHg", raw))
+
+
+def _read_bp_status(reader, flags, result):
+    raw_status = reader.u16("measurement_status")
+    status = bitfield(raw_status, BP_STATUS_BITS)
+    status["pulse_rate_range"] = PULSE_RATE_RANGES[(raw_status >> 3) & 3]
+    return status
+
+
+# GSS "Blood Pressure Measurement" field table, after Flags (rows: fields.read_fields).
+_BLOOD_PRESSURE = FlaggedLayout(
+    "blood_pressure",
+    BLOOD_PRESSURE_MEASUREMENT,
+    _BP_RFU,
+    (
+        (ALWAYS, None, _read_pressures),  # Systolic, Diastolic, MAP
+        (_BP_KPA, "kpa", FLAG),
+        (_BP_TIMESTAMP, "timestamp", date_time_field("timestamp")),  # Time Stamp
+        (_BP_PULSE_RATE, None, sfloat_entry("pulse_rate", "pr", BEAT_PER_MIN)),  # Pulse Rate
+        (_BP_USER_ID, "user_id", uint_field(1, "user_id")),  # User ID
+        (_BP_STATUS, "measurement_status", _read_bp_status),  # Measurement Status
+    ),
+)
+
+
+def decode_blood_pressure(data) -> dict:
+    """Systolic, diastolic, MAP (always mmHg; kPa converted), pulse rate, user, status."""
+    return _BLOOD_PRESSURE.decode(data)
 
 
 def encode_blood_pressure(
@@ -287,24 +306,15 @@ def encode_blood_pressure(
     Pressures and pulse_rate: numbers or 11073 special names, SFLOAT with the given
     decimals; user_id: None or uint8 (255 = unknown user); measurement_status: uint16.
     """
-    flags = bit(0, _BP_KPA, _check_flag(kpa, "blood_pressure.kpa"))
-    flags = bit(flags, _BP_TIMESTAMP, timestamp is not None)
-    flags = bit(flags, _BP_PULSE_RATE, pulse_rate is not None)
-    flags = bit(flags, _BP_USER_ID, user_id is not None)
-    flags = bit(flags, _BP_STATUS, measurement_status is not None)
-    out = bytearray((flags,))
-    out += pack_sfloat(systolic, decimals, "blood_pressure.systolic")
-    out += pack_sfloat(diastolic, decimals, "blood_pressure.diastolic")
-    out += pack_sfloat(mean_arterial_pressure, decimals, "blood_pressure.mean_arterial_pressure")
-    if timestamp is not None:
-        out += pack_date_time(timestamp, "blood_pressure.timestamp")
-    if pulse_rate is not None:
-        out += pack_sfloat(pulse_rate, pulse_rate_decimals, "blood_pressure.pulse_rate")
-    if user_id is not None:
-        out += pack_uint(user_id, 1, "blood_pressure.user_id")
-    if measurement_status is not None:
-        out += pack_uint(measurement_status, 2, "blood_pressure.measurement_status")
-    return bytes(out)
+    writer = Writer("blood_pressure", bit(0, _BP_KPA, _check_flag(kpa, "blood_pressure.kpa")))
+    writer.field("systolic", systolic, pack_sfloat, decimals)
+    writer.field("diastolic", diastolic, pack_sfloat, decimals)
+    writer.field("mean_arterial_pressure", mean_arterial_pressure, pack_sfloat, decimals)
+    writer.optional(_BP_TIMESTAMP, "timestamp", timestamp, pack_date_time)
+    writer.optional(_BP_PULSE_RATE, "pulse_rate", pulse_rate, pack_sfloat, pulse_rate_decimals)
+    writer.optional(_BP_USER_ID, "user_id", user_id, pack_uint, 1)
+    writer.optional(_BP_STATUS, "measurement_status", measurement_status, pack_uint, 2)
+    return writer.value()
 
 
 # --- PLX Spot-Check 0x2A5E and Continuous 0x2A5F (PLXS 1.0.1, GSS) --------------
@@ -361,70 +371,71 @@ PLX_DEVICE_SENSOR_STATUS_BITS = (  # bits 16-23 RFU
 )
 
 
-def _read_spo2_pr(reader, prefix):
-    spo2 = entry("spo2", "%", reader.u16(prefix + "spo2"))
-    pr = entry("pr", BEAT_PER_MIN, reader.u16(prefix + "pulse_rate"))
-    return spo2, pr
+_SPO2 = sfloat_entry("spo2", "spo2", "%")
+_PULSE_RATE = sfloat_entry("pulse_rate", "pr", BEAT_PER_MIN)
+_PAI = sfloat_entry("pulse_amplitude_index", "pi", "%")
+_PLX_STATUS = bits_field(2, "measurement_status", PLX_MEASUREMENT_STATUS_BITS)
+_PLX_DEVICE_STATUS = bits_field(3, "device_sensor_status", PLX_DEVICE_SENSOR_STATUS_BITS)
 
 
-def _read_plx_status(reader, flags, status_mask, device_mask):
-    status = device = None
-    if flags & status_mask:
-        status = bitfield(reader.u16("measurement_status"), PLX_MEASUREMENT_STATUS_BITS)
-    if flags & device_mask:
-        device = bitfield(reader.u24("device_sensor_status"), PLX_DEVICE_SENSOR_STATUS_BITS)
-    return status, device
+def _spo2_pr_field(prefix):
+    """SpO2PR-Fast / SpO2PR-Slow: {"spo2": entry, "pr": entry}."""
+
+    def read(reader, flags, result):
+        spo2 = entry("spo2", "%", reader.u16(prefix + "spo2"))
+        return {"spo2": spo2, "pr": entry("pr", BEAT_PER_MIN, reader.u16(prefix + "pulse_rate"))}
+
+    return read
+
+
+# GSS "PLX Spot-Check Measurement" field table, after Flags (rows: fields.read_fields).
+_PLX_SPOT_CHECK = FlaggedLayout(
+    "plx_spot_check",
+    PLX_SPOT_CHECK_MEASUREMENT,
+    _SC_RFU,
+    (
+        (ALWAYS, None, _SPO2),  # SpO2PR-Spot-Check - SpO2
+        (ALWAYS, None, _PULSE_RATE),  # SpO2PR-Spot-Check - PR
+        (_SC_TIMESTAMP, "timestamp", date_time_field("timestamp")),  # Timestamp
+        (_SC_CLOCK_NOT_SET, "device_clock_not_set", FLAG),
+        (_SC_STATUS, "measurement_status", _PLX_STATUS),  # Measurement Status
+        (_SC_DEVICE_STATUS, "device_sensor_status", _PLX_DEVICE_STATUS),  # Device and Sensor Status
+        (_SC_PAI, None, _PAI),  # Pulse Amplitude Index
+    ),
+)
+
+# GSS "PLX Continuous Measurement" field table, after Flags (rows: fields.read_fields).
+_PLX_CONTINUOUS = FlaggedLayout(
+    "plx_continuous",
+    PLX_CONTINUOUS_MEASUREMENT,
+    _CM_RFU,
+    (
+        (ALWAYS, None, _SPO2),  # SpO2PR-Normal - SpO2
+        (ALWAYS, None, _PULSE_RATE),  # SpO2PR-Normal - PR
+        (_CM_FAST, "fast", _spo2_pr_field("fast.")),  # SpO2PR-Fast
+        (_CM_SLOW, "slow", _spo2_pr_field("slow.")),  # SpO2PR-Slow
+        (_CM_STATUS, "measurement_status", _PLX_STATUS),  # Measurement Status
+        (_CM_DEVICE_STATUS, "device_sensor_status", _PLX_DEVICE_STATUS),  # Device and Sensor Status
+        (_CM_PAI, None, _PAI),  # Pulse Amplitude Index
+    ),
+)
 
 
 def decode_plx_spot_check(data) -> dict:
     """SpO2 (%), pulse rate, timestamp, statuses, pulse amplitude index as "pi" (%)."""
-    reader = Reader(data, "plx_spot_check")
-    flags = reader.u8("flags")
-    values = list(_read_spo2_pr(reader, ""))
-    timestamp = read_date_time(reader, "timestamp") if flags & _SC_TIMESTAMP else None
-    status, device = _read_plx_status(reader, flags, _SC_STATUS, _SC_DEVICE_STATUS)
-    if flags & _SC_PAI:
-        values.append(entry("pi", "%", reader.u16("pulse_amplitude_index")))
-    reader.finish(flags & _SC_RFU)
-    result = _result("plx_spot_check", PLX_SPOT_CHECK_MEASUREMENT, flags, _SC_RFU, values)
-    result["timestamp"] = timestamp
-    result["device_clock_not_set"] = bool(flags & _SC_CLOCK_NOT_SET)
-    result["measurement_status"] = status
-    result["device_sensor_status"] = device
-    return result
+    return _PLX_SPOT_CHECK.decode(data)
 
 
 def decode_plx_continuous(data) -> dict:
     """SpO2PR-Normal in "values" (+ "pi"), SpO2PR-Fast/-Slow under "fast"/"slow"."""
-    reader = Reader(data, "plx_continuous")
-    flags = reader.u8("flags")
-    values = list(_read_spo2_pr(reader, ""))
-    fast = slow = None
-    if flags & _CM_FAST:
-        spo2, pr = _read_spo2_pr(reader, "fast.")
-        fast = {"spo2": spo2, "pr": pr}
-    if flags & _CM_SLOW:
-        spo2, pr = _read_spo2_pr(reader, "slow.")
-        slow = {"spo2": spo2, "pr": pr}
-    status, device = _read_plx_status(reader, flags, _CM_STATUS, _CM_DEVICE_STATUS)
-    if flags & _CM_PAI:
-        values.append(entry("pi", "%", reader.u16("pulse_amplitude_index")))
-    reader.finish(flags & _CM_RFU)
-    result = _result("plx_continuous", PLX_CONTINUOUS_MEASUREMENT, flags, _CM_RFU, values)
-    result["fast"] = fast
-    result["slow"] = slow
-    result["measurement_status"] = status
-    result["device_sensor_status"] = device
-    return result
+    return _PLX_CONTINUOUS.decode(data)
 
 
-def _pack_plx_tail(out, name, measurement_status, device_sensor_status, pai, pai_decimals):
-    if measurement_status is not None:
-        out += pack_uint(measurement_status, 2, name + ".measurement_status")
-    if device_sensor_status is not None:
-        out += pack_uint(device_sensor_status, 3, name + ".device_sensor_status")
-    if pai is not None:
-        out += pack_sfloat(pai, pai_decimals, name + ".pai")
+def _pack_plx_tail(writer, flag_masks, measurement_status, device_sensor_status, pai, pai_decimals):
+    status_mask, device_mask, pai_mask = flag_masks
+    writer.optional(status_mask, "measurement_status", measurement_status, pack_uint, 2)
+    writer.optional(device_mask, "device_sensor_status", device_sensor_status, pack_uint, 3)
+    writer.optional(pai_mask, "pai", pai, pack_sfloat, pai_decimals)
 
 
 def _pack_pair(pair, decimals, field):
@@ -451,23 +462,20 @@ def encode_plx_spot_check(
     spo2 (%), pulse_rate (beat/min), pai (%): numbers or 11073 special names as SFLOAT;
     measurement_status uint16; device_sensor_status uint24 (None = field absent).
     """
-    flags = bit(0, _SC_TIMESTAMP, timestamp is not None)
-    flags = bit(flags, _SC_STATUS, measurement_status is not None)
-    flags = bit(flags, _SC_DEVICE_STATUS, device_sensor_status is not None)
-    flags = bit(flags, _SC_PAI, pai is not None)
-    flags = bit(
-        flags,
-        _SC_CLOCK_NOT_SET,
-        _check_flag(device_clock_not_set, "plx_spot_check.device_clock_not_set"),
-    )
-    out = bytearray((flags,))
-    out += _pack_pair((spo2, pulse_rate), decimals, "plx_spot_check")
-    if timestamp is not None:
-        out += pack_date_time(timestamp, "plx_spot_check.timestamp")
+    clock_not_set = _check_flag(device_clock_not_set, "plx_spot_check.device_clock_not_set")
+    writer = Writer("plx_spot_check", bit(0, _SC_CLOCK_NOT_SET, clock_not_set))
+    writer.field("spo2", spo2, pack_sfloat, decimals)
+    writer.field("pulse_rate", pulse_rate, pack_sfloat, decimals)
+    writer.optional(_SC_TIMESTAMP, "timestamp", timestamp, pack_date_time)
     _pack_plx_tail(
-        out, "plx_spot_check", measurement_status, device_sensor_status, pai, pai_decimals
+        writer,
+        (_SC_STATUS, _SC_DEVICE_STATUS, _SC_PAI),
+        measurement_status,
+        device_sensor_status,
+        pai,
+        pai_decimals,
     )
-    return bytes(out)
+    return writer.value()
 
 
 def encode_plx_continuous(
@@ -482,21 +490,20 @@ def encode_plx_continuous(
     pai_decimals: int = 2,
 ) -> bytes:
     """PLX Continuous Measurement value; fast/slow: None or (spo2, pulse_rate) pairs."""
-    flags = bit(0, _CM_FAST, fast is not None)
-    flags = bit(flags, _CM_SLOW, slow is not None)
-    flags = bit(flags, _CM_STATUS, measurement_status is not None)
-    flags = bit(flags, _CM_DEVICE_STATUS, device_sensor_status is not None)
-    flags = bit(flags, _CM_PAI, pai is not None)
-    out = bytearray((flags,))
-    out += _pack_pair((spo2, pulse_rate), decimals, "plx_continuous")
-    if fast is not None:
-        out += _pack_pair(fast, decimals, "plx_continuous.fast")
-    if slow is not None:
-        out += _pack_pair(slow, decimals, "plx_continuous.slow")
+    writer = Writer("plx_continuous")
+    writer.field("spo2", spo2, pack_sfloat, decimals)
+    writer.field("pulse_rate", pulse_rate, pack_sfloat, decimals)
+    writer.optional(_CM_FAST, "fast", fast, _pack_pair, decimals)
+    writer.optional(_CM_SLOW, "slow", slow, _pack_pair, decimals)
     _pack_plx_tail(
-        out, "plx_continuous", measurement_status, device_sensor_status, pai, pai_decimals
+        writer,
+        (_CM_STATUS, _CM_DEVICE_STATUS, _CM_PAI),
+        measurement_status,
+        device_sensor_status,
+        pai,
+        pai_decimals,
     )
-    return bytes(out)
+    return writer.value()
 
 
 # --- Weight Measurement 0x2A9D (WSS 1.0, GSS) -----------------------------------
@@ -516,11 +523,8 @@ _IN_STEPS = 10  # 0.1 in
 _BMI_STEPS = 10  # 0.1 kg/m2
 
 
-def decode_weight(data) -> dict:
-    """Body weight (always kg; lb converted), timestamp, user id, BMI (kg/m2), height (m)."""
-    reader = Reader(data, "weight")
-    flags = reader.u8("flags")
-    imperial = bool(flags & _W_IMPERIAL)
+def _read_weight(reader, flags, result):
+    imperial = flags & _W_IMPERIAL
     raw = reader.u16("weight")
     if raw == WEIGHT_UNSUCCESSFUL:
         nan = ieee11073.SPECIAL_VALUES[ieee11073.NAN]
@@ -539,29 +543,44 @@ def decode_weight(data) -> dict:
         }
     else:
         weight = {"n": "weight", "v": ieee11073.decimal_to_float(raw * 5, -3), "u": "kg"}
-    timestamp = read_date_time(reader, "timestamp") if flags & _W_TIMESTAMP else None
-    user_id = reader.u8("user_id") if flags & _W_USER_ID else None
-    bmi = height = None
-    if flags & _W_BMI_HEIGHT:
-        bmi = ieee11073.decimal_to_float(reader.u16("bmi"), -1)
-        raw_height = reader.u16("height")
-        if imperial:
-            # 1 in = 0.0254 m exactly: m = raw * 0.1 * 0.0254.
-            height = {
-                "v": ieee11073.decimal_to_float(raw_height * 254, -5),
-                "u": "m",
-                "reported": {"v": ieee11073.decimal_to_float(raw_height, -1), "u": "[in_i]"},
-            }
-        else:
-            height = {"v": ieee11073.decimal_to_float(raw_height, -3), "u": "m"}
-    reader.finish(flags & _W_RFU)
-    result = _result("weight", WEIGHT_MEASUREMENT, flags, _W_RFU, [weight])
-    result["imperial"] = imperial
-    result["timestamp"] = timestamp
-    result["user_id"] = user_id
-    result["bmi"] = bmi
-    result["height"] = height
-    return result
+    result["values"].append(weight)
+
+
+def _read_bmi(reader, flags, result):
+    return ieee11073.decimal_to_float(reader.u16("bmi"), -1)
+
+
+def _read_height(reader, flags, result):
+    raw_height = reader.u16("height")
+    if flags & _W_IMPERIAL:
+        # 1 in = 0.0254 m exactly: m = raw * 0.1 * 0.0254.
+        return {
+            "v": ieee11073.decimal_to_float(raw_height * 254, -5),
+            "u": "m",
+            "reported": {"v": ieee11073.decimal_to_float(raw_height, -1), "u": "[in_i]"},
+        }
+    return {"v": ieee11073.decimal_to_float(raw_height, -3), "u": "m"}
+
+
+# GSS "Weight Measurement" field table, after Flags (rows: fields.read_fields).
+_WEIGHT = FlaggedLayout(
+    "weight",
+    WEIGHT_MEASUREMENT,
+    _W_RFU,
+    (
+        (ALWAYS, None, _read_weight),  # Weight, uint16, 0.005 kg or 0.01 lb (bit 0)
+        (_W_IMPERIAL, "imperial", FLAG),
+        (_W_TIMESTAMP, "timestamp", date_time_field("timestamp")),  # Time Stamp
+        (_W_USER_ID, "user_id", uint_field(1, "user_id")),  # User ID
+        (_W_BMI_HEIGHT, "bmi", _read_bmi),  # BMI, 0.1 kg/m2
+        (_W_BMI_HEIGHT, "height", _read_height),  # Height, 0.001 m or 0.1 in
+    ),
+)
+
+
+def decode_weight(data) -> dict:
+    """Body weight (always kg; lb converted), timestamp, user id, BMI (kg/m2), height (m)."""
+    return _WEIGHT.decode(data)
 
 
 def encode_weight(
@@ -581,27 +600,22 @@ def encode_weight(
         raise GattError("weight.bmi: BMI and height travel together")
     if weight == UNSUCCESSFUL and bmi is not None:
         raise GattError("weight.bmi: not allowed with an unsuccessful measurement")
-    flags = bit(0, _W_IMPERIAL, _check_flag(imperial, "weight.imperial"))
-    flags = bit(flags, _W_TIMESTAMP, timestamp is not None)
-    flags = bit(flags, _W_USER_ID, user_id is not None)
-    flags = bit(flags, _W_BMI_HEIGHT, bmi is not None)
+    writer = Writer("weight", bit(0, _W_IMPERIAL, _check_flag(imperial, "weight.imperial")))
     if weight == UNSUCCESSFUL:
         raw = WEIGHT_UNSUCCESSFUL
     else:
         raw = quantize(weight, _LB_STEPS if imperial else _KG_STEPS, "weight.weight")
         if not 0 <= raw < WEIGHT_UNSUCCESSFUL:
             raise GattError("weight.weight: %r outside the encodable range" % (weight,))
-    out = bytearray((flags,))
-    out += pack_uint(raw, 2, "weight.weight")
-    if timestamp is not None:
-        out += pack_date_time(timestamp, "weight.timestamp")
-    if user_id is not None:
-        out += pack_uint(user_id, 1, "weight.user_id")
-    if bmi is not None:
-        out += pack_uint(quantize(bmi, _BMI_STEPS, "weight.bmi"), 2, "weight.bmi")
+    writer.field("weight", raw, pack_uint, 2)
+    writer.optional(_W_TIMESTAMP, "timestamp", timestamp, pack_date_time)
+    writer.optional(_W_USER_ID, "user_id", user_id, pack_uint, 1)
+    if bmi is not None:  # one flag for both fields
+        writer.flags |= _W_BMI_HEIGHT
+        writer.field("bmi", quantize(bmi, _BMI_STEPS, "weight.bmi"), pack_uint, 2)
         steps = _IN_STEPS if imperial else _M_STEPS
-        out += pack_uint(quantize(height, steps, "weight.height"), 2, "weight.height")
-    return bytes(out)
+        writer.field("height", quantize(height, steps, "weight.height"), pack_uint, 2)
+    return writer.value()
 
 
 # --- Date Time 0x2A08 -----------------------------------------------------------

@@ -1,9 +1,10 @@
 """Field-level helpers shared by the GATT characteristic codecs.
 
-A bounds-checked little-endian reader whose errors name the field, little-endian
-packers, the 7-byte Date Time field (GSS "Date Time", org.bluetooth.characteristic.
-date_time) and the measurement-entry dicts every decoder returns.
-Runs on MicroPython.
+A bounds-checked little-endian reader whose errors name the field, the field-table
+interpreter every flag-driven decoder uses (`decode_flagged`), little-endian packers and
+the `Writer` the encoders use, the 7-byte Date Time field (GSS "Date Time",
+org.bluetooth.characteristic.date_time) and the measurement-entry dicts every decoder
+returns. Runs on MicroPython.
 """
 
 from protocol.errors import GattError
@@ -36,20 +37,29 @@ class Reader:
         return chunk
 
     def uint(self, size, field):
-        chunk = self.take(size, field)
-        value = 0
-        for i in range(size - 1, -1, -1):
-            value = (value << 8) | chunk[i]
-        return value
+        pos = self.pos
+        if pos + size > len(self.data):
+            self.take(size, field)  # raises the truncation error
+        self.pos = pos + size
+        return int.from_bytes(self.data[pos : pos + size], "little")
 
+    # u8/u16 are the hot path: direct indexing, and few locals (see FlaggedLayout.decode).
     def u8(self, field):
-        return self.uint(1, field)
+        pos = self.pos
+        if pos >= len(self.data):
+            self.take(1, field)  # raises the truncation error
+        self.pos = pos + 1
+        return self.data[pos]
 
     def u16(self, field):
-        return self.uint(2, field)
+        pos = self.pos
+        if pos + 2 > len(self.data):
+            self.take(2, field)  # raises the truncation error
+        self.pos = pos + 2
+        return self.data[pos] | self.data[pos + 1] << 8
 
     def s16(self, field):
-        value = self.uint(2, field)
+        value = self.u16(field)
         return value - 0x10000 if value & 0x8000 else value
 
     def u24(self, field):
@@ -65,6 +75,134 @@ class Reader:
             raise GattError(
                 "%s: %d trailing bytes after the last field the flags announce" % (self.name, extra)
             )
+
+
+# --- field tables -------------------------------------------------------------
+#
+# A flag-driven characteristic is described by rows (flag mask, key, read), one per
+# field in the order the GSS field table puts them on the wire. The field is present
+# when the mask is ALWAYS or shares a bit with the flags; read(reader, flags, result)
+# returns its value, stored under `key` (None when absent). A key None means read
+# appends to result["values"] itself; a tuple of keys takes one value per key.
+# Rows that read no bytes (FLAG, derived values) sit where their key belongs in
+# the result, so the decoded dict keeps one fixed key order.
+
+ALWAYS = 0
+FLAG = "flag"  # a row (mask, key, FLAG) stores bool(flags & mask): a flag bit, no bytes
+
+
+def read_fields(reader, flags, rows, result):
+    """Read the present fields of `rows` into `result`, which holds None for every key."""
+    for mask, key, read in rows:
+        if read is FLAG:
+            result[key] = flags & mask != 0
+        elif not mask or flags & mask:
+            value = read(reader, flags, result)
+            if key.__class__ is str:
+                result[key] = value
+            elif key is not None:
+                _store_each(result, key, value)
+
+
+def _store_each(result, keys, values):
+    for i in range(len(keys)):
+        result[keys[i]] = values[i]
+
+
+class FlaggedLayout:
+    """A characteristic made of a flags byte and the fields `rows` describe."""
+
+    def __init__(self, name, uuid, rfu_mask, rows):
+        self.name = name
+        self.uuid = uuid
+        self.rfu_mask = rfu_mask
+        self.rows = rows
+        # Every key, None for now, in result order: one right-sized copy per decode.
+        template = {"characteristic": name, "uuid": uuid, "flags": 0, "rfu_flags": 0}
+        template["values"] = None
+        for _mask, key, _read in rows:
+            for each in (key,) if key.__class__ is str else key or ():
+                template[each] = None
+        self.template = template
+
+    def decode(self, data):
+        """{"characteristic", "uuid", "flags", "rfu_flags", "values", ...row keys}.
+
+        Trailing bytes are an error unless an RFU flag is set. Few locals on purpose:
+        MicroPython moves a call frame of more than 11 slots to the heap, which cost
+        this decoder half its speed.
+        """
+        reader = Reader(data, self.name)
+        flags = reader.u8("flags")
+        result = self.template.copy()
+        result["flags"] = flags
+        result["rfu_flags"] = flags & self.rfu_mask
+        result["values"] = []
+        read_fields(reader, flags, self.rows, result)
+        reader.finish(flags & self.rfu_mask)
+        return result
+
+
+def uint_field(size, field):
+    if size == 2:
+        return lambda reader, flags, result: reader.u16(field)
+    return lambda reader, flags, result: reader.uint(size, field)
+
+
+def sint16_field(field):
+    return lambda reader, flags, result: reader.s16(field)
+
+
+def date_time_field(field):
+    return lambda reader, flags, result: read_date_time(reader, field)
+
+
+def code_field(field, names):
+    """uint8 enumeration -> named_code()."""
+    return lambda reader, flags, result: named_code(reader.uint(1, field), names)
+
+
+def bits_field(size, field, names):
+    """Little-endian bit field of `size` bytes -> bitfield()."""
+    return lambda reader, flags, result: bitfield(reader.uint(size, field), names)
+
+
+def sfloat_entry(field, name, unit):
+    """Row reader appending an SFLOAT measurement to result["values"] (use key None)."""
+
+    def read(reader, flags, result):
+        result["values"].append(entry(name, unit, reader.u16(field)))
+
+    return read
+
+
+# --- packing -------------------------------------------------------------------
+
+
+class Writer:
+    """Builds a flags byte and the fields after it; errors name "characteristic.field".
+
+    `optional` packs a field and sets its flag bit only when its value is not None:
+    fields are written in call order, which must be the GSS field-table order.
+    """
+
+    def __init__(self, name, flags=0):
+        self.name = name
+        self.flags = flags
+        self.out = bytearray(1)
+
+    def field(self, field, value, pack, *args):
+        """Append pack(value, *args, "characteristic.field")."""
+        self.out += pack(value, *args, "%s.%s" % (self.name, field))
+
+    def optional(self, mask, field, value, pack, *args):
+        if value is not None:
+            self.flags |= mask
+            self.field(field, value, pack, *args)
+
+    def value(self):
+        self.out[0] = self.flags
+        return bytes(self.out)
 
 
 def pack_uint(value, size, field):

@@ -12,17 +12,24 @@ Runs on MicroPython.
 from protocol.errors import GattError
 from protocol.gatt import ieee11073
 from protocol.gatt.fields import (
+    ALWAYS,
     DATE_TIME_SIZE,
+    FLAG,
+    FlaggedLayout,
     Reader,
+    Writer,
     add_minutes,
     bit,
-    bitfield,
+    bits_field,
+    date_time_field,
     entry,
     named_code,
     pack_date_time,
     pack_s16,
     pack_uint,
     read_date_time,
+    sint16_field,
+    uint_field,
 )
 
 GLUCOSE_MEASUREMENT = 0x2A18
@@ -81,6 +88,51 @@ def _mol_per_l_to_mmol_per_l(mantissa, exponent):
     return ieee11073.decimal_to_float(mantissa, exponent + _MMOL_L_SHIFT)
 
 
+def _user_facing_time(reader, flags, result):
+    # No bytes: the record's time is Base Time + Time Offset.
+    offset = result["time_offset_min"]
+    if offset is None:
+        return dict(result["base_time"])
+    return add_minutes(result["base_time"], offset)
+
+
+def _concentration(raw, mmol):
+    if mmol:
+        return entry("glucose", "mmol/L", raw, False, _mol_per_l_to_mmol_per_l, "mol/L")
+    return entry("glucose", "mg/dL", raw, False, _kg_per_l_to_mg_per_dl, "kg/L")
+
+
+def _read_concentration(reader, flags, result):
+    """Glucose Concentration (SFLOAT) and Type-Sample Location (two nibbles): one flag bit."""
+    mmol = flags & _G_MOL_PER_L
+    result["values"].append(_concentration(reader.u16("concentration"), mmol))
+    type_location = reader.u8("type_sample_location")
+    return (
+        "mol/L" if mmol else "kg/L",
+        named_code(type_location & 0x0F, SAMPLE_TYPES),
+        named_code(type_location >> 4, SAMPLE_LOCATIONS),
+    )
+
+
+_CONCENTRATION_KEYS = ("concentration_unit", "sample_type", "sample_location")
+
+# GSS "Glucose Measurement" field table, after Flags (rows: fields.read_fields).
+_GLUCOSE = FlaggedLayout(
+    "glucose",
+    GLUCOSE_MEASUREMENT,
+    _G_RFU,
+    (
+        (ALWAYS, "sequence_number", uint_field(2, "sequence_number")),  # Sequence Number
+        (ALWAYS, "base_time", date_time_field("base_time")),  # Base Time
+        (_G_TIME_OFFSET, "time_offset_min", sint16_field("time_offset")),  # Time Offset, minutes
+        (ALWAYS, "timestamp", _user_facing_time),
+        (_G_CONCENTRATION, _CONCENTRATION_KEYS, _read_concentration),  # + Type-Sample Location
+        (_G_SENSOR_STATUS, "sensor_status", bits_field(2, "sensor_status", SENSOR_STATUS_BITS)),
+        (_G_CONTEXT_FOLLOWS, "context_follows", FLAG),
+    ),
+)
+
+
 def decode_glucose(data) -> dict:
     """One stored glucose record: sequence number, times, concentration, sample, status.
 
@@ -88,48 +140,7 @@ def decode_glucose(data) -> dict:
     mol/L), or is empty when the record carries no concentration. "timestamp" is the
     user-facing time, base_time + time_offset_min (None if the base date is unknown).
     """
-    reader = Reader(data, "glucose")
-    flags = reader.u8("flags")
-    sequence_number = reader.u16("sequence_number")
-    base_time = read_date_time(reader, "base_time")
-    offset = reader.s16("time_offset") if flags & _G_TIME_OFFSET else None
-    values = []
-    unit = sample_type = sample_location = None
-    if flags & _G_CONCENTRATION:
-        raw = reader.u16("concentration")
-        if flags & _G_MOL_PER_L:
-            unit = "mol/L"
-            values.append(entry("glucose", "mmol/L", raw, False, _mol_per_l_to_mmol_per_l, unit))
-        else:
-            unit = "kg/L"
-            values.append(entry("glucose", "mg/dL", raw, False, _kg_per_l_to_mg_per_dl, unit))
-        type_location = reader.u8("type_sample_location")
-        sample_type = named_code(type_location & 0x0F, SAMPLE_TYPES)
-        sample_location = named_code(type_location >> 4, SAMPLE_LOCATIONS)
-    status = None
-    if flags & _G_SENSOR_STATUS:
-        status = bitfield(reader.u16("sensor_status"), SENSOR_STATUS_BITS)
-    reader.finish(flags & _G_RFU)
-    if offset is None:
-        timestamp = dict(base_time)
-    else:
-        timestamp = add_minutes(base_time, offset)
-    return {
-        "characteristic": "glucose",
-        "uuid": GLUCOSE_MEASUREMENT,
-        "flags": flags,
-        "rfu_flags": flags & _G_RFU,
-        "values": values,
-        "sequence_number": sequence_number,
-        "base_time": base_time,
-        "time_offset_min": offset,
-        "timestamp": timestamp,
-        "concentration_unit": unit,
-        "sample_type": sample_type,
-        "sample_location": sample_location,
-        "sensor_status": status,
-        "context_follows": bool(flags & _G_CONTEXT_FOLLOWS),
-    }
+    return _GLUCOSE.decode(data)
 
 
 def _glucose_sfloat(value, decimals, mmol):
@@ -169,26 +180,21 @@ def encode_glucose(
     for name, value in (("mmol", mmol), ("context_follows", context_follows)):
         if not isinstance(value, bool):
             raise GattError("glucose.%s: expected True or False, got %r" % (name, value))
-    flags = bit(0, _G_TIME_OFFSET, time_offset_min is not None)
-    flags = bit(flags, _G_CONCENTRATION, concentration is not None)
-    flags = bit(flags, _G_MOL_PER_L, concentration is not None and mmol)
-    flags = bit(flags, _G_SENSOR_STATUS, sensor_status is not None)
-    flags = bit(flags, _G_CONTEXT_FOLLOWS, context_follows)
-    out = bytearray((flags,))
-    out += pack_uint(sequence_number, 2, "glucose.sequence_number")
-    out += pack_date_time(base_time, "glucose.base_time")
-    if time_offset_min is not None:
-        out += pack_s16(time_offset_min, "glucose.time_offset_min")
+    flags = bit(0, _G_MOL_PER_L, concentration is not None and mmol)
+    writer = Writer("glucose", bit(flags, _G_CONTEXT_FOLLOWS, context_follows))
+    writer.field("sequence_number", sequence_number, pack_uint, 2)
+    writer.field("base_time", base_time, pack_date_time)
+    writer.optional(_G_TIME_OFFSET, "time_offset_min", time_offset_min, pack_s16)
     if concentration is not None:
-        out += pack_uint(_glucose_sfloat(concentration, decimals, mmol), 2, "glucose.concentration")
+        writer.flags |= _G_CONCENTRATION
+        writer.field("concentration", _glucose_sfloat(concentration, decimals, mmol), pack_uint, 2)
         nibble_type = pack_uint(sample_type, 1, "glucose.sample_type")[0]
         nibble_location = pack_uint(sample_location, 1, "glucose.sample_location")[0]
         if nibble_type > 0x0F or nibble_location > 0x0F:
             raise GattError("glucose.sample_type: type and location are 4-bit codes")
-        out.append(nibble_type | (nibble_location << 4))
-    if sensor_status is not None:
-        out += pack_uint(sensor_status, 2, "glucose.sensor_status")
-    return bytes(out)
+        writer.out.append(nibble_type | (nibble_location << 4))
+    writer.optional(_G_SENSOR_STATUS, "sensor_status", sensor_status, pack_uint, 2)
+    return writer.value()
 
 
 # --- Record Access Control Point 0x2A52 -----------------------------------------
