@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "edge_agent.commands.device",
     "edge_agent.commands.commission",
     "edge_agent.commands.reading",
+    "edge_agent.commands.pairing",
     "edge_agent.commands.fault",
     "edge_agent.commands.firmware",
     "simulator.commands",
