@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh Debian / Raspberry Pi OS machine:
-# Debian packages (mosquitto, python3-venv) when missing, then .venv with the project.
+# Debian packages (mosquitto, python3-venv, dbus-daemon) when missing, then .venv with the project.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +9,8 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+# dbus-daemon: the pairing agent's tests run it as a private bus (no BlueZ needed)
+command -v dbus-daemon >/dev/null 2>&1 || need_apt+=(dbus-daemon)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}"
   as_root apt-get update -qq
