@@ -377,7 +377,7 @@ class Centre:
     def __init__(self, config: CentreConfig, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.clock = clock
-        self.store = Store(config.database, synchronous=config.synchronous)
+        self.store = Store(config.database, synchronous=config.synchronous, clock=clock)
         self.ingest = Ingest(self.store, config.anchor, config.gap_deadline_s)
         self._inbox: queue.Queue[Inbound] = queue.Queue()
         self._delay = config.slow_consumer_delay_s

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,17 @@ from pathlib import Path
 from protocol import alarm_messages
 from simulator.centre import verifier as v
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# readings.received_at is when paho handed the message over (before any queueing in the
+# centre); stored_at is when the transaction that wrote the row committed (stamped as that
+# transaction's last statement), i.e. when the reading became durable at the centre. NULL
+# only inside the writing transaction; the partial index finds those rows cheaply.
+_STORED_AT = (
+    "ALTER TABLE readings ADD COLUMN stored_at REAL",
+    "CREATE INDEX readings_unstamped ON readings (device) WHERE stored_at IS NULL",
+)
+# Version 1 -> 2: rows stored before the column existed keep their arrival time.
+_MIGRATE_1_TO_2 = (*_STORED_AT, "UPDATE readings SET stored_at = received_at")
 _SCHEMA = (
     # Every message received, by digest; the payload is kept as evidence and so that a
     # batch can be re-verified when its gateway's key is learned later.
@@ -40,6 +51,7 @@ _SCHEMA = (
         digest BLOB NOT NULL, received_at REAL NOT NULL,
         PRIMARY KEY (device, session, seq)) WITHOUT ROWID""",
     "CREATE INDEX readings_verdict ON readings (gateway, verdict)",
+    *_STORED_AT,
     # Second copies of a seq with another tag: evidence of a forgery or a replayed session.
     """CREATE TABLE conflicts (
         device TEXT NOT NULL, session TEXT NOT NULL, seq INTEGER NOT NULL, tag BLOB NOT NULL,
@@ -202,8 +214,10 @@ def _runs_text(runs: Iterable[tuple[int, int]]) -> str:
 class Store:
     """One connection to the centre's database, usable from several threads (a lock)."""
 
-    def __init__(self, path: str | Path, synchronous: str = "FULL") -> None:
+    def __init__(self, path: str | Path, synchronous: str = "FULL",
+                 clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
+        self.clock = clock  # stamps readings.stored_at at commit
         # Held by every call and for a whole transaction; hold it to read in-memory state
         # that changes only inside transactions (Ingest.stats).
         self.lock = self._lock = threading.RLock()
@@ -223,6 +237,10 @@ class Store:
                 for statement in _SCHEMA:
                     self._conn.execute(statement)
                 self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version == 1:
+                for statement in _MIGRATE_1_TO_2:
+                    self._conn.execute(statement)
+                self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
                 raise StoreError(f"{self.path}: schema version {version}, this code knows "
                                  f"{SCHEMA_VERSION}")
@@ -233,11 +251,14 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """All or nothing, holding the database write lock from the start."""
+        """All or nothing, holding the database write lock from the start. The readings it
+        wrote get their stored_at just before COMMIT."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield
+                self._conn.execute("UPDATE readings SET stored_at = ? WHERE stored_at IS NULL",
+                                   (self.clock(),))
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise

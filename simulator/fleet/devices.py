@@ -25,6 +25,7 @@ from simulator.serial_devices import PtySerialDevice
 CHECKPOINT_EVERY = 10  # batches between two signed checkpoints
 RESEND_AFTER_S = 1.0  # an unacknowledged batch is sent again after this long
 REBOOT_S = 1.0  # a rebooting device measures nothing for this long
+HELLO_RETRY_S = 0.5  # a device without a session says hello again after this long
 
 # value source: run second -> (spo2, pr)
 Vitals = Callable[[int], tuple[float, float]]
@@ -116,13 +117,17 @@ class FleetDevice(threading.Thread):
             self.error = exc
 
     def _handshake(self) -> None:
+        """hello every HELLO_RETRY_S until accepted. Requests are served between two hellos
+        (a replug falls due, an unplug or garbage arrives): a device that reboots while
+        unplugged must see its line come back, or it would say hello into the void forever."""
         while not self.stopped.is_set():
             try:
-                self.stand_in.handshake(timeout=5.0, retry_s=0.5)
+                self.stand_in.handshake(timeout=HELLO_RETRY_S, retry_s=HELLO_RETRY_S)
                 self.handshakes += 1
                 return
             except TimeoutError:
-                continue  # the agent is down or restarting: a device keeps trying
+                # The agent is down or restarting, or the line is unplugged: keep trying.
+                self._serve_requests(handshaking=True)
 
     def _measure(self) -> None:
         now = time.time()
@@ -136,7 +141,9 @@ class FleetDevice(threading.Thread):
             self.truth[first] = Sealed("spo2", spo2, reading_time, now)
             self.truth[first + 1] = Sealed("pr", pr, reading_time, now)
 
-    def _serve_requests(self) -> None:
+    def _serve_requests(self, handshaking: bool = False) -> None:
+        """Carry out what the fleet asked. `handshaking`: called from inside the handshake
+        loop, where a reboot only power-cycles (the loop already shakes hands afresh)."""
         if self._replug_at is not None and time.monotonic() >= self._replug_at:
             self._replug_at = None
             self.pty.plug()
@@ -152,18 +159,24 @@ class FleetDevice(threading.Thread):
                 noise = bytes(self.rng.randrange(256) for _ in range(self.rng.randint(16, 200)))
                 self.pty.write(noise)
                 self.garbage_bytes += len(noise)
+            elif action == "reboot" and handshaking:
+                self._power_cycle()
             elif action == "reboot":
                 self._reboot()
             elif action == "skew":
                 self.clock_offset = value
 
+    def _power_cycle(self) -> None:
+        """RAM state gone; nothing measured or sent for REBOOT_S."""
+        self.stand_in.session = None
+        self.stand_in.chain = None
+        time.sleep(REBOOT_S)
+
     def _reboot(self) -> None:
         """Power cycle: RAM state gone (session, partial frames), flash kept (keys, seq,
         outbox). After the new handshake the whole outbox is replayed oldest first."""
         stand_in = self.stand_in
-        stand_in.session = None
-        stand_in.chain = None
-        time.sleep(REBOOT_S)
+        self._power_cycle()
         self._handshake()
         with stand_in.lock:
             stand_in.sent_at.clear()

@@ -2,13 +2,14 @@
 
 `parse_faults("agent-kill,garbage")` checks a --faults argument; `plan_faults(...)` turns the
 chosen names into timed `PlannedFault`s spread over the run, keeping a quiet lead-in (the
-agents start and the devices shake hands) and a quiet tail (the drain starts clean).
+agents start and the devices shake hands) and a quiet tail (the drain starts clean);
+`check_plan(...)` validates an explicit schedule (FleetOptions.plan).
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 FAULT_NAMES = (
     "broker-restart", "broker-outage", "agent-kill", "serial-unplug", "garbage",
@@ -28,11 +29,41 @@ class FaultSpecError(ValueError):
 
 @dataclass(frozen=True)
 class PlannedFault:
+    """One fault of a schedule: the seeded planner's, or a caller's (FleetOptions.plan)."""
+
     name: str
     at: float  # seconds from run start
     duration_s: float  # how long the fault lasts (0: instantaneous)
     target: str  # "broker", "centre", a gateway id or a device id
     mode: str = ""  # ble-disconnect: one of BLE_DISCONNECT_MODES
+    jump_s: float = 0.0  # clock-skew: the signed clock jump (+ forward, - back), never 0
+
+
+DEVICE_FAULTS = frozenset({"serial-unplug", "garbage", "device-reboot", "clock-skew"})
+
+
+def check_plan(plan: list[PlannedFault], gateways: list[str], serial_devices: list[str],
+               ble_devices: list[str]) -> None:
+    """Refuse (FaultSpecError, naming the fault) a schedule the runner cannot carry out as
+    written: an unknown name or target, a BLE mode or clock jump missing, a negative time."""
+    for fault in plan:
+        where = f"planned fault {fault.name!r} at {fault.at} s"
+        if fault.name not in FAULT_NAMES:
+            raise FaultSpecError(f"{where}: unknown (valid: {', '.join(FAULT_NAMES)})")
+        if fault.at < 0 or fault.duration_s < 0:
+            raise FaultSpecError(f"{where}: time and duration must be >= 0")
+        valid = (["broker"] if fault.name in BROKER_FAULTS
+                 else ["centre"] if fault.name == "slow-consumer"
+                 else gateways if fault.name in GATEWAY_FAULTS
+                 else ble_devices if fault.name == "ble-disconnect" else serial_devices)
+        if fault.target not in valid:
+            raise FaultSpecError(f"{where}: target {fault.target!r} is not one of "
+                                 f"{', '.join(valid) or '(none)'}")
+        if fault.name == "ble-disconnect" and fault.mode not in BLE_DISCONNECT_MODES:
+            raise FaultSpecError(f"{where}: mode must be one of "
+                                 f"{', '.join(BLE_DISCONNECT_MODES)}")
+        if fault.name == "clock-skew" and fault.jump_s == 0:
+            raise FaultSpecError(f"{where}: jump_s must be non-zero (+ forward, - back)")
 
 
 def parse_faults(text: str) -> tuple[str, ...]:
@@ -115,7 +146,11 @@ def plan_faults(names: tuple[str, ...], duration_s: float, gateways: list[str],
         plan.append(PlannedFault("slow-consumer", start + rng.uniform(0, window
                                                                        - timing.slow_for_s),
                                  timing.slow_for_s, "centre"))
-    return sorted(plan, key=lambda fault: (fault.at, fault.name, fault.target))
+    plan.sort(key=lambda fault: (fault.at, fault.name, fault.target))
+    # Each jump's sign is drawn last, in schedule order: the rest of a seed's plan is what
+    # it was when the runner drew the signs itself.
+    return [replace(fault, jump_s=timing.skew_s * rng.choice((1, -1)))
+            if fault.name == "clock-skew" else fault for fault in plan]
 
 
 def _storms(ble_devices: list[str], start: float, window: float, rng: random.Random,

@@ -10,6 +10,7 @@ Definitions (docs/fleet.md):
   duplicated         repeats the centre recognised and suppressed (its own counter)
   duplicated_as_new  extra rows for one (device, seq): a reading stored twice as distinct
                      (seqs are unique per device across reboots, so any extra row is one)
+  reading latency    the device sealed it -> the centre committed it (stored_at)
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class StoredReading:
     seq: int
     quantity: str
     value: float
-    received_at: float
+    received_at: float  # the centre's MQTT client got the message
+    stored_at: float  # the centre committed the row (after any queueing or slow consumer)
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ class CentreView:
 
     def readings(self) -> list[StoredReading]:
         return [StoredReading(*row) for row in self.conn.execute(
-            "SELECT device, seq, quantity, value, received_at FROM readings")]
+            "SELECT device, seq, quantity, value, received_at, stored_at FROM readings")]
 
     def duplicates(self) -> dict[str, int]:
         return {device: int(n) for device, n in self.conn.execute(
@@ -98,7 +100,8 @@ class CentreView:
 
 def compare_readings(truth: Mapping[str, Mapping[int, Sealed]],
                      stored: Iterable[StoredReading]) -> dict[str, DeviceTally]:
-    """Per device: generated, received, duplicated as new, latencies (seal -> stored)."""
+    """Per device: generated, received, duplicated as new, latencies (sealed -> the
+    centre committed the first matching row: a slow centre shows in them)."""
     tallies = {device: DeviceTally(generated=len(sealed)) for device, sealed in truth.items()}
     rows: dict[tuple[str, int], list[StoredReading]] = {}
     for row in stored:
@@ -116,7 +119,7 @@ def compare_readings(truth: Mapping[str, Mapping[int, Sealed]],
             tally.wrong_content += 1
             continue
         tally.received += 1
-        first = min(c.received_at for c in matching)
+        first = min(c.stored_at for c in matching)
         tally.latency_ms.append(max(0.0, (first - sealed.sealed_at) * 1000.0))
     return tallies
 

@@ -31,7 +31,7 @@ from simulator.centre import Centre, CentreConfig, TrustAnchor
 from simulator.fleet import oracle
 from simulator.fleet.ble_device import BleDeviceSpec, DeviceFlash
 from simulator.fleet.devices import FleetDevice, Sealed, Vitals, stable_vitals
-from simulator.fleet.faults import FaultTiming, PlannedFault, plan_faults
+from simulator.fleet.faults import FaultTiming, PlannedFault, check_plan, plan_faults
 from simulator.fleet.gateway import GatewayProcess, gateway_toml
 from simulator.report import FaultRecord, RunRecord, Sample
 from simulator.serial_devices import PtySerialDevice
@@ -58,6 +58,27 @@ class FleetOptions:
     drain_timeout_s: float = 60.0
     timing: FaultTiming = field(default_factory=FaultTiming)
     ble_per_gateway: int = 1  # sealing BLE devices per gateway, besides the serial ones
+    # An explicit schedule (exact times, targets, clock jumps) instead of the seeded
+    # planner's; checked against the fleet's parts when the run starts (faults.check_plan).
+    plan: tuple[PlannedFault, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.plan is not None:
+            object.__setattr__(self, "plan", tuple(self.plan))
+
+
+@dataclass(frozen=True)
+class FleetHooks:
+    """Callbacks into a run, on the fleet's own thread (a slow one delays what follows).
+
+    on_agent_killed(gateway id, data dir): right after a SIGKILL that struck a running
+    agent, before its restart; the files are as the kill left them.
+    on_agent_stopped(gateway id, data dir, exit status): after the final SIGTERM of each
+    agent at the end of the run (after the drain, before the oracle), files still on disk.
+    """
+
+    on_agent_killed: Callable[[str, Path], None] | None = None
+    on_agent_stopped: Callable[[str, Path, int | None], None] | None = None
 
 
 def gateway_ids(count: int) -> list[str]:
@@ -103,8 +124,10 @@ def scenario_vitals(drop_at_s: float, seed: int) -> Vitals:
 class FleetRun:
     """One run. `run()` returns the RunRecord; everything started is stopped on return."""
 
-    def __init__(self, options: FleetOptions, progress: Progress | None = None) -> None:
+    def __init__(self, options: FleetOptions, progress: Progress | None = None,
+                 hooks: FleetHooks | None = None) -> None:
         self.options = options
+        self.hooks = hooks or FleetHooks()
         self.progress = progress or (lambda fraction, phase: None)
         self.rng = random.Random(options.seed)
         self.faults: list[FaultRecord] = []
@@ -143,6 +166,7 @@ class FleetRun:
             self._schedule(broker, centre)
             self._play(view)
             self._drain(broker, centre, view)
+            self._stop_gateways()
             return self._record(view)
         finally:
             for device in self.devices.values():
@@ -242,10 +266,15 @@ class FleetRun:
         self._actions.append((when, len(self._actions), action))
 
     def _schedule(self, broker: Broker, centre: Centre) -> None:
-        others = [d for d in self.devices if d not in self.scenario_devices]
-        plan = plan_faults(self.options.faults, self.options.duration_s, list(self.gateways),
-                           list(self.devices), self.rng, self.options.timing,
-                           skew_devices=others or None, ble_devices=list(self.ble))
+        if self.options.plan is not None:
+            plan = list(self.options.plan)
+            check_plan(plan, list(self.gateways), list(self.devices), list(self.ble))
+        else:
+            others = [d for d in self.devices if d not in self.scenario_devices]
+            plan = plan_faults(self.options.faults, self.options.duration_s,
+                               list(self.gateways), list(self.devices), self.rng,
+                               self.options.timing, skew_devices=others or None,
+                               ble_devices=list(self.ble))
         for fault in plan:
             self._plan_one(fault, broker, centre)
         self._actions.sort()
@@ -274,6 +303,8 @@ class FleetRun:
             def kill() -> None:
                 killed = gateway.kill()
                 note("SIGKILL" if killed else "SIGKILL skipped: the agent was down")
+                if killed and self.hooks.on_agent_killed is not None:
+                    self.hooks.on_agent_killed(gateway.gateway_id, gateway.data_dir)
             self._at(start, kill)
             self._at(end, gateway.start)
         elif fault.name == "disk-full":
@@ -288,7 +319,6 @@ class FleetRun:
             self._plan_device_fault(fault, note)
 
     def _plan_device_fault(self, fault: PlannedFault, note: Callable[..., None]) -> None:
-        timing = self.options.timing
         device = self.devices[fault.target]
         if fault.name == "serial-unplug":
             self._at(fault.at, lambda: (device.request("unplug", fault.duration_s),
@@ -301,9 +331,8 @@ class FleetRun:
             self._at(fault.at, lambda: (device.request("reboot"),
                                         note("new session, outbox replayed")))
         elif fault.name == "clock-skew":
-            jump = timing.skew_s * self.rng.choice((1, -1))
-            self._at(fault.at, lambda: (device.request("skew", jump),
-                                        note(f"device clock {jump:+.0f} s")))
+            self._at(fault.at, lambda: (device.request("skew", fault.jump_s),
+                                        note(f"device clock {fault.jump_s:+.0f} s")))
             self._at(fault.at + fault.duration_s, lambda: device.request("skew", 0.0))
 
     def _disconnect(self, fault: PlannedFault) -> str:
@@ -358,19 +387,39 @@ class FleetRun:
         began = time.time()
         deadline = began + self.options.drain_timeout_s
         next_sample = time.time()
+        # When each half of "drained" first held: a slow drain says which side lagged.
+        acked_after = stored_after = None
         while time.time() < deadline:
             if time.time() >= next_sample:
                 self._sample(view)
                 next_sample += 1.0
-            if self._all_acknowledged() and view.stored_count() >= self._generated():
+            if acked_after is None and self._all_acknowledged():
+                acked_after = time.time() - began
+            if stored_after is None and view.stored_count() >= self._generated():
+                stored_after = time.time() - began
+            if acked_after is not None and stored_after is not None:
                 break
             self._check_parts()
             self.progress((time.time() - began) / self.options.drain_timeout_s, "drain")
             time.sleep(0.1)
         else:
-            self.notes.append(f"drain timed out after {self.options.drain_timeout_s:.0f} s")
+            self.notes.append(f"drain timed out after {self.options.drain_timeout_s:.0f} s; "
+                              f"still unacknowledged: {self._unacknowledged() or 'nothing'}")
         self._sample(view)
-        self.notes.append(f"drain took {time.time() - began:.1f} s")
+        self.notes.append(f"drain took {time.time() - began:.1f} s (device outboxes empty "
+                          f"after {_seconds(acked_after)}, the centre complete after "
+                          f"{_seconds(stored_after)})")
+
+    def _stop_gateways(self) -> None:
+        """SIGTERM every agent (its graceful stop) before the oracle reads anything: the
+        record is taken of a quiet fleet, and on_agent_stopped sees each agent's files."""
+        for gateway in self.gateways.values():
+            code = gateway.stop()
+            if code not in (0, None):
+                self.notes.append(f"{gateway.gateway_id}: agent exit status {code} at "
+                                  f"the end:\n{_tail(gateway.log)}")
+            if self.hooks.on_agent_stopped is not None:
+                self.hooks.on_agent_stopped(gateway.gateway_id, gateway.data_dir, code)
 
     def _sample(self, view: oracle.CentreView) -> None:
         now = time.time()
@@ -398,6 +447,12 @@ class FleetRun:
     def _all_acknowledged(self) -> bool:
         return all(d.unacked() == 0 for d in self.devices.values()) and \
             all(not d.flash_now().outbox for d in self.ble.values())
+
+    def _unacknowledged(self) -> str:
+        """'device: n batch(es)' for every device whose outbox is not empty."""
+        waiting = {d: device.unacked() for d, device in self.devices.items()}
+        waiting |= {d: len(device.flash_now().outbox) for d, device in self.ble.items()}
+        return ", ".join(f"{d}: {n} batch(es)" for d, n in sorted(waiting.items()) if n)
 
     def _check_parts(self) -> None:
         """A crashed agent or device thread ends the run: its report would prove nothing."""
@@ -471,6 +526,10 @@ class FleetRun:
             duplicated_as_new={d: t.duplicated_as_new for d, t in tallies.items()},
             reading_latency_ms=latency, alarm_latency_ms=alarm_latency, alarms=outcomes,
             faults=self.faults, timeline=self.timeline, notes=self.notes)
+
+
+def _seconds(value: float | None) -> str:
+    return "never" if value is None else f"{value:.1f} s"
 
 
 def _tail(path: Path, size: int = 1500) -> str:

@@ -2,11 +2,11 @@
 integrity checks of every agent file as a kill left it, and the report each run writes for
 bench/reliability_table.py ($VB_RESULTS_DIR/faults/<test>/report.json).
 
-`ScriptedFleet` is a `FleetRun` whose faults are the test's own list of `PlannedFault`s (exact
-times and targets), optionally on top of the runner's seeded plan. Every fault is carried out
-by the runner's own code (`FleetRun._plan_one`): the suite adds timing, not new faults. Two
-additions live here because the runner has no option for them: a clock jump of a chosen sign
-(the runner draws the sign) and the power-loss check after a SIGKILL.
+Only the runner's public API is used: a test's faults are an explicit schedule of
+`PlannedFault`s (`FleetOptions.plan`: exact times, targets, clock jumps with their sign), or
+the runner's own seeded plan (`plan=None`); the power-loss checks run from the runner's hooks
+(`FleetHooks`: after each SIGKILL, before the restart; after the final SIGTERM). Every fault
+is carried out by the runner's own code: the suite adds timing, not new faults.
 """
 
 from __future__ import annotations
@@ -18,16 +18,13 @@ import re
 import shutil
 import sqlite3
 import tempfile
-import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simulator.broker import Broker
-from simulator.centre import Centre
 from simulator.fleet.faults import FaultTiming, PlannedFault
-from simulator.fleet.runner import FleetOptions, FleetRun
-from simulator.report import FaultRecord, RunRecord, exit_status, summarise, write_report
+from simulator.fleet.runner import FleetHooks, FleetOptions, FleetRun
+from simulator.report import RunRecord, exit_status, summarise, write_report
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS_ENV = "VB_RESULTS_DIR"
@@ -38,16 +35,6 @@ def report_dir(test_name: str) -> Path:
     """$VB_RESULTS_DIR/faults/<test name as a file name>."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", test_name).strip("-")
     return Path(os.environ.get(RESULTS_ENV) or DEFAULT_RESULTS) / "faults" / safe
-
-
-@dataclass(frozen=True)
-class ClockJump:
-    """A device clock jumps by `jump_s` (+ forward, - back) at `at` for `for_s` seconds."""
-
-    device: str
-    at: float
-    jump_s: float
-    for_s: float
 
 
 @dataclass
@@ -93,81 +80,49 @@ def integrity_of_copy(database: Path) -> tuple[str, bool]:
     return "; ".join(str(row[0]) for row in rows), replayed
 
 
-class ScriptedFleet(FleetRun):
-    """A fleet run with the test's fault script; see the module docstring."""
+class IntegrityChecks:
+    """The power-loss instrument, as FleetHooks: every SQLite file of an agent checked
+    right after each SIGKILL (before the restart) and after the final SIGTERM."""
 
-    def __init__(self, options: FleetOptions, script: list[PlannedFault] = (),
-                 jumps: list[ClockJump] = (), use_planner: bool = False,
-                 check_after_kill: bool = False) -> None:
-        super().__init__(options)
-        self.script = list(script)
-        self.jumps = list(jumps)
-        self.use_planner = use_planner
-        self.check_after_kill = check_after_kill
+    def __init__(self) -> None:
         self.checks: list[IntegrityCheck] = []
-        self._kills_seen = 0
+        self.kills = 0
 
-    def _schedule(self, broker: Broker, centre: Centre) -> None:
-        if self.use_planner:
-            super()._schedule(broker, centre)
-        for fault in self.script:
-            self._plan_one(fault, broker, centre)
-            if fault.name == "agent-kill" and self.check_after_kill:
-                # Queued after the kill at the same instant (actions sort by time, then
-                # insertion), before the restart `duration_s` later.
-                self._at(fault.at, lambda gw=fault.target: self._check_killed(gw))
-        for jump in self.jumps:
-            self._plan_jump(jump)
-        self._actions.sort(key=lambda action: (action[0], action[1]))
+    def hooks(self) -> FleetHooks:
+        return FleetHooks(on_agent_killed=self.after_kill, on_agent_stopped=self.after_stop)
 
-    def _plan_jump(self, jump: ClockJump) -> None:
-        device = self.devices[jump.device]
+    def after_kill(self, gateway_id: str, data_dir: Path) -> None:
+        self.kills += 1
+        self._check(gateway_id, data_dir, f"after SIGKILL #{self.kills}")
 
-        def begin() -> None:
-            device.request("skew", jump.jump_s)
-            self.faults.append(FaultRecord("clock-skew", round(time.time() - self.run_start, 3),
-                                           jump.for_s, jump.device,
-                                           f"device clock {jump.jump_s:+.0f} s"))
-        self._at(jump.at, begin)
-        self._at(jump.at + jump.for_s, lambda: device.request("skew", 0.0))
+    def after_stop(self, gateway_id: str, data_dir: Path, _code: int | None) -> None:
+        self._check(gateway_id, data_dir, "after SIGTERM")
 
-    def _check_killed(self, gateway_id: str) -> None:
-        gateway = self.gateways[gateway_id]
-        if gateway.running:  # the kill was skipped (the agent was already down)
-            return
-        self._kills_seen += 1
-        self._check_files(gateway_id, f"after SIGKILL #{self._kills_seen}")
-
-    def _check_files(self, gateway_id: str, moment: str) -> None:
-        data_dir = self.gateways[gateway_id].data_dir
+    def _check(self, gateway_id: str, data_dir: Path, moment: str) -> None:
         for database in sorted(data_dir.glob("*.sqlite3")):
             result, replayed = integrity_of_copy(database)
             self.checks.append(IntegrityCheck(gateway_id, moment, database.name, result,
                                               replayed))
 
-    def _record(self, view: Any) -> RunRecord:
-        if self.check_after_kill:
-            # The clean end as well: SIGTERM every agent, then check its files in place.
-            for gateway_id, gateway in self.gateways.items():
-                code = gateway.stop()
-                if code not in (0, None):
-                    self.notes.append(f"{gateway_id}: exit status {code} on SIGTERM")
-                self._check_files(gateway_id, "after SIGTERM")
-            bad = [c for c in self.checks if c.result != "ok"]
-            replayed = sum(1 for c in self.checks if c.replayed_wal and "KILL" in c.moment)
-            self.notes.append(f"integrity_check: {len(self.checks)} file checks, {len(bad)} "
-                              f"not ok; after a SIGKILL {replayed} files needed their WAL "
-                              "replayed")
-        return super()._record(view)
+    def note(self) -> str:
+        bad = [c for c in self.checks if c.result != "ok"]
+        replayed = sum(1 for c in self.checks if c.replayed_wal and "KILL" in c.moment)
+        return (f"integrity_check: {len(self.checks)} file checks, {len(bad)} not ok; after "
+                f"a SIGKILL {replayed} files needed their WAL replayed")
 
 
-def run_fleet(test_name: str, options: FleetOptions, **scripted: Any) -> Outcome:
+def run_fleet(test_name: str, options: FleetOptions, check_after_kill: bool = False
+              ) -> Outcome:
     """Run, write report.json/html under report_dir(test_name), return the outcome."""
-    fleet = ScriptedFleet(options, **scripted)
+    integrity = IntegrityChecks() if check_after_kill else None
+    fleet = FleetRun(options, hooks=integrity.hooks() if integrity else None)
     record = fleet.run()
+    if integrity is not None:
+        record.notes.append(integrity.note())
     summary = summarise(record)
     json_path, _ = write_report(record, report_dir(test_name))
-    return Outcome(record, summary, exit_status(summary), json_path, fleet.checks)
+    return Outcome(record, summary, exit_status(summary), json_path,
+                   integrity.checks if integrity else [])
 
 
 def assert_clean(outcome: Outcome, faults: set[str], all_injected: bool = True) -> None:
@@ -195,19 +150,17 @@ def assert_clean(outcome: Outcome, faults: set[str], all_injected: bool = True) 
 
 
 def fleet_options(duration_s: float, seed: int, *, gateways: int = 1, devices: int = 2,
-                  faults: tuple[str, ...] = (), rate_hz: float = 1.0,
-                  drain_timeout_s: float = 30.0, timing: FaultTiming | None = None,
-                  ble_per_gateway: int = 0) -> FleetOptions:
-    """FleetOptions for a suite run: serial devices only unless BLE is asked for (BLE
-    peripherals on the virtual radio cost CPU that the 2-core CI budget cannot spare)."""
-    extra: dict[str, Any] = {}
-    if "ble_per_gateway" in {f.name for f in fields(FleetOptions)}:
-        extra["ble_per_gateway"] = ble_per_gateway
-    elif ble_per_gateway:
-        raise AssertionError("FleetOptions has no ble_per_gateway: BLE devices are not built")
+                  faults: tuple[str, ...] = (), plan: list[PlannedFault] | None = (),
+                  rate_hz: float = 1.0, drain_timeout_s: float = 30.0,
+                  timing: FaultTiming | None = None, ble_per_gateway: int = 0
+                  ) -> FleetOptions:
+    """FleetOptions for a suite run: the test's explicit `plan` (default: no faults at all;
+    None: the runner's seeded plan of `faults`); serial devices only unless BLE is asked for
+    (BLE peripherals on the virtual radio cost CPU that the 2-core CI budget cannot spare)."""
     return FleetOptions(gateways, devices, duration_s, faults, seed, rate_hz=rate_hz,
                         drain_timeout_s=drain_timeout_s, timing=timing or FaultTiming(),
-                        **extra)
+                        ble_per_gateway=ble_per_gateway,
+                        plan=None if plan is None else tuple(plan))
 
 
 def spread(rng: random.Random, count: int, start: float, end: float, gap: float) -> list[float]:

@@ -9,7 +9,7 @@ import random
 import pytest
 from fault_rig import assert_clean, backlog_peak, fleet_options, run_fleet, spread
 
-from simulator.fleet.faults import NOT_BUILT, FaultTiming, PlannedFault, parse_faults
+from simulator.fleet.faults import FaultTiming, PlannedFault, parse_faults
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,7 @@ def test_broker_outage_of_minutes(request: pytest.FixtureRequest) -> None:
     script = [PlannedFault("broker-outage", 10.0, 150.0, "broker")]
     outcome = run_fleet(request.node.name,
                         fleet_options(175.0, 401, gateways=2, faults=("broker-outage",),
-                                      drain_timeout_s=120.0), script=script)
+                                      drain_timeout_s=120.0, plan=script))
     assert_clean(outcome, {"broker-outage"})
     assert backlog_peak(outcome.summary, 150.0, 165.0) >= 1000
 
@@ -34,8 +34,8 @@ def test_twenty_four_agent_kills(request: pytest.FixtureRequest) -> None:
               for at in moments]
     outcome = run_fleet(request.node.name,
                         fleet_options(150.0, 402, gateways=2, faults=("agent-kill",),
-                                      rate_hz=2.0, drain_timeout_s=90.0),
-                        script=script, check_after_kill=True)
+                                      rate_hz=2.0, drain_timeout_s=90.0, plan=script),
+                        check_after_kill=True)
     assert_clean(outcome, {"agent-kill"})
     kills = [f for f in outcome.summary["faults"] if f["detail"] == "SIGKILL"]
     assert len(kills) >= 20, outcome.summary["faults"]
@@ -44,12 +44,11 @@ def test_twenty_four_agent_kills(request: pytest.FixtureRequest) -> None:
 
 def test_every_fault_together_for_minutes(request: pytest.FixtureRequest) -> None:
     """The runner's own seeded plan of every built fault, 4 minutes, 2 gateways x 3 serial
-    devices (+1 BLE device each when built), a kill every 20 s."""
-    ble = 0 if "ble-disconnect" in NOT_BUILT else 1
+    devices + 1 BLE device each, a kill every 20 s."""
     names = parse_faults("all")
     outcome = run_fleet(request.node.name,
                         fleet_options(240.0, 403, gateways=2, devices=3, faults=names,
                                       timing=FaultTiming(kill_every_s=20.0),
-                                      drain_timeout_s=120.0, ble_per_gateway=ble),
-                        use_planner=True)
+                                      drain_timeout_s=120.0, ble_per_gateway=1,
+                                      plan=None))
     assert_clean(outcome, set(names), all_injected=False)

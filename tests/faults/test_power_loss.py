@@ -33,8 +33,8 @@ def test_kill_during_write_bursts_leaves_every_file_sound(
     outcome = run_fleet(request.node.name,
                         fleet_options(27.0, 201, rate_hz=10.0, drain_timeout_s=40.0,
                                       faults=("broker-outage", "serial-unplug",
-                                              "agent-kill")),
-                        script=script, check_after_kill=True)
+                                              "agent-kill"), plan=script),
+                        check_after_kill=True)
     checks = outcome.checks
     assert [c for c in checks if c.result != "ok"] == []
     assert AGENT_FILES <= {c.file for c in checks}, {c.file for c in checks}

@@ -13,6 +13,8 @@ from simulator.fleet.faults import (
     FAULT_NAMES,
     FaultSpecError,
     FaultTiming,
+    PlannedFault,
+    check_plan,
     parse_faults,
     plan_faults,
 )
@@ -48,6 +50,10 @@ def test_the_schedule_injects_each_fault_inside_the_window_without_broker_overla
     spans.sort()
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), spans
     assert all(f.target in ("b", "d") for f in plan if f.name == "clock-skew")
+    # every jump is explicit in the plan: the default size, either way
+    assert all(abs(f.jump_s) == 120.0 for f in plan if f.name == "clock-skew")
+    assert all(f.jump_s == 0.0 for f in plan if f.name != "clock-skew")
+    check_plan(plan, ["gw-01", "gw-02"], ["a", "b", "c", "d"], ["x", "y"])
     assert sum(f.name == "agent-kill" for f in plan) >= 2
     assert plan == plan_faults(names, 40.0, ["gw-01", "gw-02"], ["a", "b", "c", "d"],
                                random.Random(seed), skew_devices=["b", "d"],
@@ -81,6 +87,34 @@ def test_ble_disconnects_come_in_storms_at_ble_devices_each_after_the_last_ended
                                        random.Random(seed)) if f.name == "ble-disconnect"]
 
 
+def test_jump_signs_go_both_ways_over_seeds() -> None:
+    signs = {f.jump_s > 0 for seed in range(20)
+             for f in plan_faults(("clock-skew",), 40.0, ["gw-01"], ["a", "b"],
+                                  random.Random(seed)) if f.name == "clock-skew"}
+    assert signs == {True, False}
+
+
+@pytest.mark.parametrize(("fault", "message"), [
+    (PlannedFault("bogus", 1.0, 0.0, "broker"), "unknown"),
+    (PlannedFault("garbage", -1.0, 0.0, "a"), "must be >= 0"),
+    (PlannedFault("garbage", 1.0, 0.0, "zz"), "target 'zz' is not one of a, b"),
+    (PlannedFault("garbage", 1.0, 0.0, "x"), "target 'x'"),  # a BLE device has no line
+    (PlannedFault("agent-kill", 1.0, 1.0, "a"), "not one of gw-01"),
+    (PlannedFault("broker-outage", 1.0, 1.0, "gw-01"), "not one of broker"),
+    (PlannedFault("slow-consumer", 1.0, 1.0, "broker"), "not one of centre"),
+    (PlannedFault("ble-disconnect", 1.0, 0.0, "x"), "mode must be one of terminate"),
+    (PlannedFault("ble-disconnect", 1.0, 0.0, "a", "terminate"), "not one of x"),
+    (PlannedFault("clock-skew", 1.0, 3.0, "a"), "jump_s must be non-zero"),
+])
+def test_an_explicit_plan_the_runner_cannot_carry_out_is_refused(fault: PlannedFault,
+                                                                 message: str) -> None:
+    good = [PlannedFault("clock-skew", 2.0, 3.0, "b", jump_s=-30.0),
+            PlannedFault("ble-disconnect", 3.0, 2.0, "x", "out-of-range")]
+    check_plan(good, ["gw-01"], ["a", "b"], ["x"])
+    with pytest.raises(FaultSpecError, match=message):
+        check_plan([*good, fault], ["gw-01"], ["a", "b"], ["x"])
+
+
 def sealed(quantity: str, value: float, at: float = 100.0) -> Sealed:
     return Sealed(quantity, value, int(at), at)
 
@@ -88,15 +122,23 @@ def sealed(quantity: str, value: float, at: float = 100.0) -> Sealed:
 def test_compare_counts_only_seqs_stored_with_the_sealed_content() -> None:
     truth = {"d1": {0: sealed("spo2", 97), 1: sealed("pr", 70), 2: sealed("spo2", 96),
                     3: sealed("pr", 71)}}
-    stored = [StoredReading("d1", 0, "spo2", 97, 100.5),
-              StoredReading("d1", 1, "pr", 70, 100.25),
-              StoredReading("d1", 1, "pr", 70, 101.0),  # the same seq stored again
-              StoredReading("d1", 2, "spo2", 55, 100.5),  # not what the device sealed
-              StoredReading("d1", 9, "pr", 70, 100.5)]  # never sealed
+    # (arrival at the centre, commit): latency is measured to the commit
+    stored = [StoredReading("d1", 0, "spo2", 97, 100.1, 100.5),
+              StoredReading("d1", 1, "pr", 70, 100.05, 100.25),
+              StoredReading("d1", 1, "pr", 70, 100.9, 101.0),  # the same seq stored again
+              StoredReading("d1", 2, "spo2", 55, 100.5, 100.5),  # not what the device sealed
+              StoredReading("d1", 9, "pr", 70, 100.5, 100.5)]  # never sealed
     tally = compare_readings(truth, stored)["d1"]
     assert (tally.generated, tally.received, tally.duplicated_as_new) == (4, 2, 1)
     assert (tally.wrong_content, tally.unknown_seqs) == (1, 1)
     assert sorted(tally.latency_ms) == [250.0, 500.0]
+
+
+def test_a_slow_centre_shows_in_reading_latency() -> None:
+    """Arrived at once, committed 3 s later (queued behind a slow consumer): 3000 ms."""
+    truth = {"d1": {0: sealed("spo2", 97)}}
+    tally = compare_readings(truth, [StoredReading("d1", 0, "spo2", 97, 100.01, 103.0)])["d1"]
+    assert tally.latency_ms == [3000.0]
 
 
 def step(grade: str, key: str, at: float, kind: str = "raised", alarm: str = "a1",
