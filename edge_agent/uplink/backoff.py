@@ -2,9 +2,13 @@
 
 A fleet of gateways that lost the same broker must not reconnect in lock-step, so each delay
 is drawn from [base * (1 - jitter), base] where base grows by `multiplier` per failed attempt up
-to `maximum_s`. A connection that stayed up for `stable_after_s` resets the growth; one that
-dropped sooner keeps growing, so a broker that accepts and immediately kicks us (a duplicate
-client id, an ACL reload) is not hammered at the minimum delay.
+to `maximum_s`. A connection that stayed up for `stable_after_s` resets the growth. One that
+dropped sooner restarts the growth from the number of such short connections in a row, not
+from the failed attempts of the outage before it: a broker that accepts and immediately kicks
+us (a duplicate client id, an ACL reload) is not hammered at the minimum delay, yet a broker
+that restarts soon after an outage ended is retried within a second or two instead of at the
+outage's 30-60 s step (found by the fleet runs: a red alarm waited that long with the broker
+up).
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ class Backoff:
         self.policy = policy or BackoffPolicy()
         self._rng = rng
         self.attempts = 0
+        self.short_connections = 0  # consecutive connections that ended before stable_after_s
         self._up_since: float | None = None
 
     def next_delay(self) -> float:
@@ -81,7 +86,14 @@ class Backoff:
         self._up_since = now
 
     def disconnected(self, now: float) -> None:
-        """Reset the growth if the connection that just ended had been stable."""
-        if self._up_since is not None and now - self._up_since >= self.policy.stable_after_s:
+        """Reset the growth if the connection that just ended had been stable; otherwise
+        grow it by one step per short connection in a row."""
+        if self._up_since is None:
+            return
+        if now - self._up_since >= self.policy.stable_after_s:
+            self.short_connections = 0
             self.reset()
+        else:
+            self.short_connections += 1
+            self.attempts = self.short_connections
         self._up_since = None

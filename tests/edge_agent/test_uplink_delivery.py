@@ -241,14 +241,23 @@ def test_backoff_grows_to_the_cap_and_jitter_stays_in_bounds() -> None:
 def test_backoff_resets_only_after_a_stable_connection() -> None:
     backoff = Backoff(BackoffPolicy(initial_s=1.0, maximum_s=60.0, jitter=0.0,
                                     stable_after_s=10.0))
-    for _ in range(3):
+    for _ in range(6):  # a long outage: the next wait would be 60 s
         backoff.next_delay()
     backoff.connected(100.0)
-    backoff.disconnected(102.0)  # kicked after 2 s: keep growing
+    backoff.disconnected(102.0)  # up, then the broker restarts 2 s later: retry soon
+    assert backoff.next_delay() == 2.0
+    backoff.connected(105.0)
+    backoff.disconnected(105.1)  # kicked again at once: grow one step per short connection
+    assert backoff.next_delay() == 4.0
+    backoff.connected(110.0)
+    backoff.disconnected(110.1)
     assert backoff.next_delay() == 8.0
     backoff.connected(200.0)
     backoff.disconnected(230.0)  # 30 s up: start again from the minimum
     assert backoff.next_delay() == 1.0
+    backoff.connected(300.0)
+    backoff.disconnected(300.5)  # the short-connection count started again too
+    assert backoff.next_delay() == 2.0
 
 
 @pytest.mark.parametrize("bad", [
