@@ -639,8 +639,9 @@ class AgentService:
         self._spawn(self._journal_device_certificate(device), f"certificate of {device}")
         self.alarm_dispatch.device_ready(device)  # ALARM-MESSAGES hook: new session, tell it
 
-    def _device_event(self, link: LinkRef, event: Any, at: float) -> None:
+    def _device_event(self, link: LinkRef, event: Any, received_at: float) -> None:
         name = event.name
+        at = event_time(event, received_at)
         if name == "tamper":
             if not event.authenticated:
                 log.warning("unauthenticated tamper report on %s: a hint only", link.link)
@@ -650,7 +651,7 @@ class AgentService:
                                          "severity": "warning"})
                 return
             try:
-                self.engine.report_tamper(link.device_id, int(at))
+                self.engine.report_tamper(link.device_id, int(received_at))
             except Exception as exc:  # already compromised, or unknown to the registry
                 log.warning("tamper report of %s not recorded: %s", link.device_id, exc)
         elif name in ("sensor-off", "sensor-fault"):
@@ -916,6 +917,28 @@ class _DurableCursors:
         link = LinkRef("ble", device, service._ble_devices.get(device, device))
         service.reception.submit_barrier(
             link, lambda: service._cursors.set(device, sequence_number))
+
+
+# How far a sealed device event's own time may lie from its arrival and still be used: a
+# device replaying its outbox after an outage reports events of the past (hours, days), and a
+# device clock runs at most a few minutes ahead of the gateway's once synced at handshake.
+EVENT_TIME_MAX_AGE_S = 30 * 86400
+EVENT_TIME_MAX_AHEAD_S = 300
+
+
+def event_time(event: Any, received_at: float) -> float:
+    """When a device event happened: its own time when sealed and plausible, else arrival.
+
+    A sensor-off replayed from a device's outbox after an outage belongs at the moment the
+    finger left, not now, or it would mark the sensor off after the readings that followed
+    it. An unsealed event's time is only a claim, and an implausible one (an unset RTC, a
+    clock far ahead) is not used."""
+    own = getattr(event, "time", None)
+    if (getattr(event, "authenticated", False) and isinstance(own, int | float)
+            and received_at - EVENT_TIME_MAX_AGE_S <= own <= received_at
+            + EVENT_TIME_MAX_AHEAD_S):
+        return float(own)
+    return received_at
 
 
 def _bound(table: dict[bytes, Any]) -> None:
