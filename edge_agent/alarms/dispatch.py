@@ -220,8 +220,10 @@ class AlarmDispatch:
     def _local(self, alarm: Alarm, decision: Decision) -> None:
         self.local_notifications += 1
         condition = alarm.key  # the condition key ("spo2:low"), not key material
-        log.warning("alarm notification", extra={
-            "alarm_id": alarm.id, "grade": decision.grade.label, "condition": condition})
+        # The text names grade and condition too: a plain (non-JSON) handler prints no extras.
+        log.warning("alarm notification: %s %s (alarm %s)", decision.grade.label, condition,
+                    alarm.id, extra={"alarm_id": alarm.id, "grade": decision.grade.label,
+                                     "condition": condition})
         if self.policy.notify_command:
             argv = [*self.policy.notify_command, decision.grade.label, condition, alarm.id]
             task = asyncio.ensure_future(_run_command(argv))
