@@ -33,7 +33,11 @@ CHECKPOINT_VERSION = 1
 HASH_SIZE = 32
 TAG_SIZE = 32
 SESSION_ID_SIZE = 8
-MAX_SEQ = 0xFFFFFFFFFFFFFFFF
+# Reading seqs are below senml.SEQ_LIMIT (2**32), so a checkpoint never covers more; and both
+# bounds keep every field inside the signed 64-bit integers SQLite stores (a fuzzed
+# checkpoint with time 2**63 crashed the centre's store before its signature was checked).
+MAX_SEQ = (1 << 32) - 1
+MAX_TIME = 1 << 40  # seconds: far beyond any real clock, as in protocol/enrollment.py
 # A checkpoint is due every <= 60 s; this bound keeps the centre's check O(small) even for
 # a hostile checkpoint and is far above any real sealing rate.
 MAX_COUNT = 65536
@@ -129,8 +133,8 @@ class Checkpoint:
                 "count", "%d does not match seqs %d..%d (consecutive)" % (count, first, last)
             )
         time = claims[L_TIME]
-        if not is_int(time) or time < 0:
-            raise ValidationError("time", "must be a non-negative integer")
+        if not is_int(time) or time < 0 or time > MAX_TIME:
+            raise ValidationError("time", "must be an integer 0..%d" % MAX_TIME)
         head = fixed_bytes("head", claims[L_HEAD], HASH_SIZE)
         prev = fixed_bytes("prev", claims[L_PREV], HASH_SIZE)
         return cls(device_id, session_id, first, last, count, head, time, prev)
@@ -179,8 +183,8 @@ class HashChain:
         if self.count == 0:
             raise ValidationError("checkpoint", "no tags since the last checkpoint")
         check_id("device_id", device_id)
-        if not is_int(time) or time < 0:
-            raise ValidationError("time", "must be a non-negative integer")
+        if not is_int(time) or time < 0 or time > MAX_TIME:
+            raise ValidationError("time", "must be an integer 0..%d" % MAX_TIME)
         claims = Checkpoint(device_id, self.session_id, self.first_seq, self.last_seq,
                             self.count, self.head, time, self.prev)
         sealed = sign1_create(seed, cbor.dumps(claims.to_map()), kid=kid,
