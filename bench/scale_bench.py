@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="device counts of the ramp's steps (comma-separated, increasing)")
     parser.add_argument("--gateways", type=int, default=100)
     parser.add_argument("--window", type=int, default=20, help="seconds per step")
-    parser.add_argument("--workers", type=int, default=2, help="gateway processes")
+    # 25 agents per process: each holds ~20 descriptors, and paho's select() fails past fd 1023
+    parser.add_argument("--workers", type=int, default=4, help="gateway processes")
     parser.add_argument("--centres", type=int, default=2, help="centre processes (shared group)")
     parser.add_argument("--latency-bound", type=float, default=2.0,
                         help="p99 reading -> centre latency a step must stay under (s)")
