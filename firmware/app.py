@@ -218,7 +218,11 @@ class App:
             events = self.sealer.seal(records, critical,
                                       base_time=records[0].get(senml.T))
         except OutboxFull as exc:
-            events = exc.events + [self._make_event("outbox-full", {})]
+            details = {}
+            if exc.refused is not None:  # RAM's hard bound reached: these seqs are lost
+                details = {"refused_first": exc.refused.first,
+                           "refused_last": exc.refused.last}
+            events = exc.events + [self._make_event("outbox-full", details)]
             self.feedback.local_alarm("outbox", "blue")
         except SeqStoreError as exc:
             self._hold(records, critical, self.hal.ticks_ms())

@@ -48,12 +48,14 @@ SESSION_ID_SIZE = 8
 
 
 class OutboxFull(Exception):
-    """No room even in the reserve for critical entries: no critical entry was dropped
-    (they wait in RAM). `events` holds the events of the failed call (thinned ranges)."""
+    """No room even in the reserve for critical entries. They wait in RAM, up to twice
+    `max_buffer` entries; past that the new entry is refused and named in `refused` (the
+    caller reports its seqs as lost). `events` holds the events of the failed call."""
 
-    def __init__(self, message, events):
+    def __init__(self, message, events, refused=None):
         super().__init__(message)
         self.events = events
+        self.refused = refused
 
 
 class Entry:
@@ -451,18 +453,23 @@ class Outbox:
     def put(self, entry):
         """Queue an entry (keys must grow) -> events (thinned ranges). A critical entry is
         on flash when this returns. Raises OutboxFull, keeping the entry in RAM, when not
-        even the reserve can hold it."""
+        even the reserve can hold it; past 2 * max_buffer entries in RAM a critical entry is
+        refused instead (OutboxFull.refused names it)."""
         if self._last_key is not None and entry.key <= self._last_key:
             raise ValueError("entry %r is not after the last one" % (entry,))
         if len(self._buffer) >= self.max_buffer:
             self._flush()
             if len(self._buffer) >= self.max_buffer:
-                if entry.keep:
+                if not entry.keep:
+                    self._last_key = entry.key
+                    self._thin([entry])
+                    return self._take_events()
+                # A critical entry may wait in RAM beyond the routine limit, up to a hard
+                # bound (RAM is finite): past it, it is refused and the caller reports it.
+                if len(self._buffer) >= 2 * self.max_buffer:
+                    self._last_key = entry.key
                     raise OutboxFull("outbox and its RAM buffer are full of critical entries",
-                                     self._take_events())
-                self._last_key = entry.key
-                self._thin([entry])
-                return self._take_events()
+                                     self._take_events(), refused=entry)
         if not self._buffer:
             self._buffer_since = self._now()
         self._buffer.append(entry)

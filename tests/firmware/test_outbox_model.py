@@ -194,6 +194,7 @@ class OutboxMachine(RuleBasedStateMachine):
         self.put = {}          # key -> Entry, every entry put() accepted
         self.acked = set()     # keys acknowledged
         self.thinned = set()   # keys reported thinned
+        self.refused = set()   # critical keys refused at RAM's hard bound (reported)
         self.lost = set()      # keys gone in a power cut while only in RAM
         self.maybe = set()     # keys a power cut may or may not have taken / brought back
         self.ever_acked = set()
@@ -223,6 +224,10 @@ class OutboxMachine(RuleBasedStateMachine):
         except outbox.OutboxFull as exc:
             event("outbox full")
             self._events(exc.events)
+            if exc.refused is not None:  # RAM's hard bound: refused, and said so
+                assert exc.refused is entry and entry.keep
+                assert len(self.box.buffered) >= 2 * self.box.max_buffer
+                self.refused.add(entry.key)
             return
         if entry.critical:
             assert entry not in self.box.buffered, "critical entry not on flash at return"
@@ -350,7 +355,7 @@ class OutboxMachine(RuleBasedStateMachine):
         assert keys == sorted(set(keys)), "replay out of order or duplicated"
         for entry in present:
             assert self.put[entry.key] == entry, "stored bytes changed"
-        expected = set(self.put) - self.acked - self.thinned - self.lost
+        expected = set(self.put) - self.acked - self.thinned - self.lost - self.refused
         assert set(keys) == expected
 
     @invariant()
