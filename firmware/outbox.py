@@ -192,10 +192,14 @@ class AckState:
             return False
         if entry.kind == CHECKPOINT:
             return entry.last <= item[3]
-        if entry.last <= item[1]:
+        # Seqs up to the watermark are acknowledged; the rest of the entry must lie in one
+        # range (apply() trims ranges to start after the watermark, so an entry straddling
+        # both is covered by the watermark for its head and a range for its tail).
+        start = entry.first if entry.first > item[1] else item[1] + 1
+        if start > entry.last:
             return True
         for first, last in item[2]:
-            if first <= entry.first and entry.last <= last:
+            if first <= start and entry.last <= last:
                 return True
         return False
 

@@ -404,3 +404,13 @@ def test_out_of_order_put_refused() -> None:
     box.put(Entry(SEALED, SESSION_A, 5, 5, b"x"))
     with pytest.raises(ValueError):
         box.put(Entry(SEALED, SESSION_A, 4, 4, b"x"))
+
+
+def test_an_entry_straddling_the_watermark_and_a_range_is_covered() -> None:
+    """Found by the set model: upto=0 with a range (0, 1) left entry 0..1 unacknowledged, so
+    the device would have re-sent it for ever."""
+    state = AckState()
+    state.apply(Ack(SESSION_A, 0, [(0, 1)], None))
+    assert state.covers(Entry(SEALED, SESSION_A, 0, 1, b""))
+    assert AckState.from_bytes(state.to_bytes()).covers(Entry(SEALED, SESSION_A, 0, 1, b""))
+    assert not state.covers(Entry(SEALED, SESSION_A, 0, 2, b""))
