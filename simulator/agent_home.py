@@ -150,8 +150,8 @@ class FirmwareStandIn:
         self.chain: checkpoint.HashChain | None = None
         self.next_seq = 0
         self.lock = threading.Lock()
-        self.outbox: dict[int, tuple[int, bytes]] = {}  # first seq -> (last seq, message)
-        self.sealed_in: dict[int, bytes] = {}  # first seq -> id of the session it was sealed in
+        # first seq -> (last seq, message, id of the session it was sealed in)
+        self.outbox: dict[int, tuple[int, bytes, bytes]] = {}
         self.sent_at: dict[int, float] = {}  # first seq -> last (re)send, monotonic
         self.acked: set[int] = set()
         self.ack_times: dict[int, float] = {}  # seq -> monotonic time its ack arrived
@@ -206,8 +206,8 @@ class FirmwareStandIn:
         with self.lock:
             self.acks += 1
             done = set()
-            for first, (last, _) in self.outbox.items():
-                if self.sealed_in.get(first) != ack.session_id:
+            for first, (last, _, sealed_in) in self.outbox.items():
+                if sealed_in != ack.session_id:
                     continue
                 covered = (ack.upto is not None and last <= ack.upto) or any(
                     lo <= first and last <= hi for lo, hi in ack.ranges)
@@ -219,7 +219,6 @@ class FirmwareStandIn:
             for first in done:
                 del self.outbox[first]
                 self.sent_at.pop(first, None)
-                self.sealed_in.pop(first, None)
 
     def _command(self, body: object) -> None:
         """A sealed device-command, checked as the firmware does (session key, increasing
@@ -282,8 +281,7 @@ class FirmwareStandIn:
         self.next_seq = first + len(values)
         message = messages.encode("sealed", sealed)
         with self.lock:
-            self.outbox[first] = (self.next_seq - 1, message)
-            self.sealed_in[first] = self.session.session_id
+            self.outbox[first] = (self.next_seq - 1, message, self.session.session_id)
         return first, message
 
     def send(self, values: list[tuple[str, float]], at: float | None = None) -> int:
@@ -302,7 +300,7 @@ class FirmwareStandIn:
         """Send again what no device-ack covered within `older_than_s` (the outbox)."""
         now = time.monotonic()
         with self.lock:
-            due = [(first, msg) for first, (_, msg) in sorted(self.outbox.items())
+            due = [(first, msg) for first, (_, msg, _) in sorted(self.outbox.items())
                    if now - self.sent_at.get(first, 0.0) >= older_than_s][:limit]
         for first, message in due:
             if self._write(message):

@@ -164,11 +164,6 @@ class Patient:
         return self._recovered(values, t)
 
 
-def write_gateway_file(home: Home, broker_port: int) -> None:
-    """gateway.json with the broker, and the gateway certificate (agent_home)."""
-    write_gateway_state(home, broker_port)
-
-
 # ---------------------------------------------------------------- the firmware process
 
 
@@ -434,7 +429,7 @@ class HomeRig:
         self.broker = Broker(work / "broker")
         stack.callback(self.broker.stop)
         await in_thread(self.broker.start)
-        write_gateway_file(self.home, self.broker.port)
+        write_gateway_state(self.home, self.broker.port)
         centre = Centre(CentreConfig(
             port=self.broker.port, database=work / "centre.sqlite3",
             anchor=TrustAnchor(org_ca_public=self.home.org_public), client_id="centre-demo",

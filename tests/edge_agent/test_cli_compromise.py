@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli_device_register import make_cli_ready
 from test_cli_technician import command_runner, journal_entries
 
 from edge_agent.commands import common
@@ -29,7 +28,7 @@ from edge_agent.inbox.store import InboxStore
 from edge_agent.pipeline.sessions import WITHDRAWN
 from edge_agent.registry import Registry
 from protocol import messages
-from simulator.agent_home import FirmwareStandIn
+from simulator.agent_home import FirmwareStandIn, write_gateway_state
 from simulator.centre import Centre
 from tests.edge_agent.test_service_integration import (
     GW,
@@ -55,7 +54,7 @@ def vb(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> A
 @pytest.fixture
 def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Rig]:
     built = make_rig(tmp_path)
-    make_cli_ready(built.home)
+    write_gateway_state(built.home)
     monkeypatch.setenv("VITALBRIDGE_DATA_DIR", str(built.home.data_dir))
     yield built
     close_rig(built)

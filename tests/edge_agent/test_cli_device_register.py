@@ -28,13 +28,9 @@ USB_ID = "10c4:ea60:CMS-77"
 ACTOR = "technician:t-0042"  # command_runner runs as USER=t-0042
 
 
-def make_cli_ready(home: Home) -> None:
-    write_gateway_state(home)
-
-
 def cli_home(data_dir: Path, devices: list[tuple[str, str | None]]) -> Home:
     home = provision_home(data_dir, GW, devices)
-    make_cli_ready(home)
+    write_gateway_state(home)
     return home
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from simulator.agent_home import provision_home
-from simulator.home_rig import REPO, FirmwareProcess, write_gateway_file
+from simulator.agent_home import provision_home, write_gateway_state
+from simulator.home_rig import REPO, FirmwareProcess
 
 MICROPYTHON = Path(sys.executable).parent / "micropython"
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not MICROPYTHON.exists(), reason="no MicroPython
 
 def test_device_enroll_confirm_exits_0_against_run_sim(tmp_path: Path) -> None:
     home = provision_home(tmp_path / "gateway", "gw-enroll-1", [])
-    write_gateway_file(home, broker_port=1883)  # no broker is contacted by `device enroll`
+    write_gateway_state(home, broker_port=1883)  # no broker is contacted by `device enroll`
     firmware = FirmwareProcess(tmp_path / "firmware", seed=7)
     firmware.start()
     try:
