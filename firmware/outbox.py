@@ -462,11 +462,15 @@ class Outbox:
         if self._last_key is not None and entry.key <= self._last_key:
             raise ValueError("entry %r is not after the last one" % (entry,))
         if len(self._buffer) >= self.max_buffer:
-            self._flush()
+            # The flash may still be full of critical entries: that must not lose this one
+            # (it is placed below, and the failure is raised again by the flush after it).
+            flash_full = self._try_flush()
             if len(self._buffer) >= self.max_buffer:
                 if not entry.keep:
                     self._last_key = entry.key
                     self._thin([entry])
+                    if flash_full is not None:
+                        raise OutboxFull(flash_full, self._take_events())
                     return self._take_events()
                 # A critical entry may wait in RAM beyond the routine limit, up to a hard
                 # bound (RAM is finite): past it, it is refused and the caller reports it.
@@ -492,6 +496,15 @@ class Outbox:
             self._flush()
         self._save_acks(now, force=False)
         return self._take_events()
+
+    def _try_flush(self):
+        """_flush() -> None, or the OutboxFull message with its events put back."""
+        try:
+            self._flush()
+        except OutboxFull as exc:
+            self._events = exc.events + self._events
+            return str(exc)
+        return None
 
     def flush(self):
         """Write the RAM buffer to flash (synced) -> events (thinned ranges)."""

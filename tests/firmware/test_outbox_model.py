@@ -414,3 +414,41 @@ def test_an_entry_straddling_the_watermark_and_a_range_is_covered() -> None:
     assert state.covers(Entry(SEALED, SESSION_A, 0, 1, b""))
     assert AckState.from_bytes(state.to_bytes()).covers(Entry(SEALED, SESSION_A, 0, 1, b""))
     assert not state.covers(Entry(SEALED, SESSION_A, 0, 2, b""))
+
+
+def test_a_full_flash_does_not_lose_the_entry_that_finds_ram_full() -> None:
+    """Regression (found by the state machine in CI): with the flash full of critical
+    entries and RAM at max_buffer, put() flushed first, the flush raised OutboxFull, and the
+    new entry was neither kept nor refused. Now it waits in RAM (critical/checkpoint) or is
+    reported thinned (routine), and OutboxFull is still raised."""
+    box = Outbox(MemorySegments(), lambda: 0, segments=2, segment_size=300, flush_count=4,
+                 flush_bytes=400, flush_age=20, max_buffer=4)
+    box.load()
+    session = b"S" * 8
+    accepted = []
+    seq = 0
+    while len(box.buffered) < box.max_buffer:
+        entry = Entry(SEALED, session, seq, seq, bytes(100), critical=True)
+        seq += 1
+        accepted.append(entry.key)
+        try:
+            box.put(entry)
+        except outbox.OutboxFull as exc:
+            assert exc.refused is None
+    critical = Entry(SEALED, session, seq, seq, bytes(10), critical=True)
+    with pytest.raises(outbox.OutboxFull) as raised:
+        box.put(critical)
+    assert raised.value.refused is None
+    assert critical in box.buffered
+    checkpoint = Entry(CHECKPOINT, session, 0, seq, bytes(10))
+    with pytest.raises(outbox.OutboxFull):
+        box.put(checkpoint)
+    assert checkpoint in box.buffered
+    routine = Entry(SEALED, session, seq + 1, seq + 1, bytes(10))
+    with pytest.raises(outbox.OutboxFull) as raised:
+        box.put(routine)
+    assert {"first": seq + 1, "last": seq + 1} == {
+        k: raised.value.events[-1][k] for k in ("first", "last")}
+    assert raised.value.events[-1]["event"] == "thinned"
+    keys = {e.key for e in box.unacked()}
+    assert set(accepted) | {critical.key, checkpoint.key} == keys
