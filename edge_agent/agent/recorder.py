@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,11 +25,21 @@ from typing import Any
 
 from edge_agent.eventlog import Checkpoint, EventLog, EventLogStats
 from edge_agent.eventlog import kinds as event_kinds
+from edge_agent.eventlog.store import ValidatedEvent, to_ms
 from protocol.errors import ValidationError
 
 log = logging.getLogger("vitalbridge.agent.eventlog")
+_TIME_LIMIT_MS = 1 << 53
 
-_Entry = tuple[str, str, str, dict[str, Any], float | None]
+
+def _check_time(at: object) -> None:
+    """An entry's time must be one the journal can hold and read back (chain.py: integer ms
+    in 0..2**53-1): refused here, an entry the batch write cannot take would fail every
+    retry of its batch and hold up every entry recorded after it."""
+    if (isinstance(at, bool) or not isinstance(at, int | float)
+            or (isinstance(at, float) and not math.isfinite(at))
+            or not 0 <= to_ms(at) < _TIME_LIMIT_MS):
+        raise ValidationError("at", f"time {at!r} is not seconds since 1970 the journal holds")
 
 
 class EventRecorder:
@@ -40,7 +51,7 @@ class EventRecorder:
         self._log = event_log
         self._flush_interval_s = flush_interval_s
         self._max_batch = max_batch
-        self._pending: list[_Entry] = []
+        self._pending: list[ValidatedEvent] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -76,6 +87,8 @@ class EventRecorder:
             return False
         try:
             kind, actor, subject, clean = event_kinds.validate(kind, actor, subject, details)
+            if at is not None:
+                _check_time(at)
         except ValidationError as exc:
             self.refused += 1
             log.error("event %s refused by the event journal's rule: %s", kind, exc)
@@ -106,10 +119,9 @@ class EventRecorder:
                 return
             self.written += len(batch)
 
-    def _write(self, batch: list[_Entry]) -> None:
-        with self._log.batch():
-            for kind, actor, subject, details, at in batch:
-                self._log.append(kind, actor, subject, details, at=at)
+    def _write(self, batch: list[ValidatedEvent]) -> None:
+        # record() validated every entry: the trusted batch path does not check them again.
+        self._log.append_validated(batch)
 
     async def _call(self, call: Callable[[EventLog], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, call, self._log)

@@ -104,8 +104,131 @@ class Entry:
 def entry_body(seq: int, time_ms: int, kind: str, actor: str, subject: str,
                details: Mapping[str, Any]) -> bytes:
     """The deterministic CBOR the hash covers."""
-    return cbor.dumps({"seq": seq, "time": time_ms, "kind": kind, "actor": actor,
-                       "subject": subject, "details": dict(details)})
+    body = plain_entry_body(seq, time_ms, kind, actor, subject, details)
+    if body is None:
+        body = cbor.dumps({"seq": seq, "time": time_ms, "kind": kind, "actor": actor,
+                           "subject": subject, "details": dict(details)})
+    return body
+
+
+# The body's map keys in length-first order (RFC 8949 §4.2.3): seq, kind, time, actor,
+# details, subject. Their encodings are constants, so only the values are encoded per entry.
+_BODY_SEQ = b"\xa6\x63seq"
+_BODY_KIND = b"\x64kind"
+_BODY_TIME = b"\x64time"
+_BODY_ACTOR = b"\x65actor"
+_BODY_DETAILS = b"\x67details"
+_BODY_SUBJECT = b"\x67subject"
+_UINT64_LIMIT = 1 << 64
+_put_head = cbor.encode_head_into
+# Detail key sets repeat (one per kind and set of optional fields): their encodings in
+# canonical order, remembered per key tuple. Bounded: cleared when full.
+_KEY_ORDER_LIMIT = 512
+_key_orders: dict[tuple[str, ...], tuple[tuple[bytes, str], ...]] = {}
+
+
+def _canonical_keys(keys: tuple[str, ...]) -> tuple[tuple[bytes, str], ...]:
+    order = _key_orders.get(keys)
+    if order is None:
+        encoded = []
+        for key in keys:
+            raw = key.encode("utf-8")
+            head = bytearray()
+            _put_head(head, 0x60, len(raw))
+            encoded.append((bytes(head) + raw, key))
+        encoded.sort(key=lambda pair: (len(pair[0]), pair[0]))
+        order = tuple(encoded)
+        if len(_key_orders) >= _KEY_ORDER_LIMIT:
+            _key_orders.clear()
+        _key_orders[keys] = order
+    return order
+
+
+def _put_text(out: bytearray, text: str) -> None:
+    raw = text.encode("utf-8")
+    if len(raw) < 24:  # the head is one byte (what encode_head_into writes, inline)
+        out.append(0x60 | len(raw))
+    else:
+        _put_head(out, 0x60, len(raw))
+    out += raw
+
+
+def _put_plain(out: bytearray, value: object) -> bool:
+    """Append the CBOR of a plain JSON-model scalar (exact str, int within 64 bits, finite
+    float, bool, None) or of a list of them; False, with `out` part-written, otherwise."""
+    vtype = type(value)
+    if vtype is str:
+        _put_text(out, value)  # type: ignore[arg-type]
+    elif vtype is int:
+        if 0 <= value < 24:  # type: ignore[operator]
+            out.append(value)  # type: ignore[arg-type]
+        elif 0 <= value < _UINT64_LIMIT:  # type: ignore[operator]
+            _put_head(out, 0x00, value)
+        elif -_UINT64_LIMIT <= value < 0:  # type: ignore[operator]
+            _put_head(out, 0x20, -1 - value)  # type: ignore[operator]
+        else:
+            return False
+    elif vtype is float:
+        if value - value != 0.0:  # type: ignore[operator]  # inf or nan: not JSON
+            return False
+        out += cbor.float_bytes(value)
+    elif value is None:
+        out.append(0xF6)
+    elif value is True:
+        out.append(0xF5)
+    elif value is False:
+        out.append(0xF4)
+    elif vtype is list:
+        _put_head(out, 0x80, len(value))  # type: ignore[arg-type]
+        for item in value:  # type: ignore[attr-defined]
+            if type(item) is list or not _put_plain(out, item):
+                return False
+    else:
+        return False
+    return True
+
+
+def plain_entry_body(seq: int, time_ms: int, kind: str, actor: str, subject: str,
+                     details: Mapping[str, Any]) -> bytes | None:
+    """`entry_body` for the common case, encoded directly: exact str fields and keys,
+    seq and time in 0..2**64-1, a dict of plain JSON values (str, int, finite float, bool,
+    None, flat lists of those). None for anything else (a tuple, a str or int subclass, a
+    nested map, a value JSON would change): the caller then takes the general path.
+    For the values it accepts, reading the stored JSON back gives the same values, so the
+    hash covers exactly what the row holds without a JSON round trip."""
+    if (type(seq) is not int or type(time_ms) is not int or type(details) is not dict
+            or type(kind) is not str or type(actor) is not str or type(subject) is not str
+            or not 0 <= seq < _UINT64_LIMIT or not 0 <= time_ms < _UINT64_LIMIT):
+        return None
+    keys = tuple(details)
+    for key in keys:
+        if type(key) is not str:
+            return None
+    out = bytearray(_BODY_SEQ)
+    _put_head(out, 0x00, seq)
+    out += _BODY_KIND
+    _put_text(out, kind)
+    out += _BODY_TIME
+    _put_head(out, 0x00, time_ms)
+    out += _BODY_ACTOR
+    _put_text(out, actor)
+    out += _BODY_DETAILS
+    _put_head(out, 0xA0, len(keys))
+    for key_bytes, key in _canonical_keys(keys):
+        out += key_bytes
+        value = details[key]
+        if type(value) is str:  # most details are text: skip the call
+            raw = value.encode("utf-8")
+            if len(raw) < 24:
+                out.append(0x60 | len(raw))
+            else:
+                _put_head(out, 0x60, len(raw))
+            out += raw
+        elif not _put_plain(out, value):
+            return None
+    out += _BODY_SUBJECT
+    _put_text(out, subject)
+    return bytes(out)
 
 
 def entry_hash(prev: bytes, body: bytes) -> bytes:
@@ -119,6 +242,29 @@ def make_entry(prev: bytes, seq: int, time_ms: int, kind: str, actor: str, subje
     details = dict(details)
     body = entry_body(seq, time_ms, kind, actor, subject, details)
     return Entry(seq, time_ms, kind, actor, subject, details, prev, entry_hash(prev, body))
+
+
+def stored_entry(prev: bytes, seq: int, time_ms: int, kind: str, actor: str, subject: str,
+                 details: Mapping[str, Any]) -> tuple[Entry, str]:
+    """The next entry after `prev` exactly as reading its row back will give it, and the
+    JSON text of its details for that row."""
+    digest, details_json, details = stored_hash(prev, seq, time_ms, kind, actor, subject,
+                                                details)
+    return Entry(seq, time_ms, kind, actor, subject, details, prev, digest), details_json
+
+
+def stored_hash(prev: bytes, seq: int, time_ms: int, kind: str, actor: str, subject: str,
+                details: Mapping[str, Any]) -> tuple[bytes, str, dict[str, Any]]:
+    """(hash, details JSON text, details as the row reads back) of the entry after `prev`.
+    Plain details (plain_entry_body) are hashed as they are; anything else is first
+    normalised by a JSON round trip (a tuple becomes a list, a str subclass a str), so the
+    hash always covers exactly what the row holds."""
+    details_json = details_to_json(details)
+    body = plain_entry_body(seq, time_ms, kind, actor, subject, details)
+    if body is None:
+        details = details_from_json(details_json)
+        body = entry_body(seq, time_ms, kind, actor, subject, details)
+    return entry_hash(prev, body), details_json, details  # type: ignore[return-value]
 
 
 def _check_text(name: str, value: object) -> str:
@@ -468,9 +614,13 @@ def checkpoint_line(cp: Checkpoint) -> str:
                   "cose": _hex(cp.cose)})
 
 
+# One encoder for every line: json.dumps with these options builds a new one per call.
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                            allow_nan=False)
+
+
 def _dump(obj: Mapping[str, Any]) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
+    return _ENCODER.encode(obj)
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

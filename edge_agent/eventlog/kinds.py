@@ -164,9 +164,14 @@ class Kind:
     summary: str
     required: Mapping[str, FieldType]
     optional: Mapping[str, FieldType] = field(default_factory=dict)
+    # Every declared field, required ones winning a clash: one lookup per detail.
+    fields: Mapping[str, FieldType] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fields", {**self.optional, **self.required})
 
     def field_type(self, name: str) -> FieldType | None:
-        return self.required.get(name) or self.optional.get(name)
+        return self.fields.get(name)
 
 
 KINDS: dict[str, Kind] = {}
@@ -261,6 +266,14 @@ _kind("agent.started", "the edge agent started", {"version": IDENT})
 _kind("agent.stopped", "the edge agent stopped", {"reason": TEXT})
 _kind("storage.deleted", "rows deleted from the reading journal (retention or disk budget)",
       {"action": IDENT, "rows": COUNT, "bytes": COUNT})
+# GAPS helper: BlueZ pairing (edge_agent/ble/pairing_agent.py, `vitalbridge ble`); subject
+# "bluetooth:<address>". `suppressed` = repeated decisions not recorded since the last one.
+_kind("pairing.decision", "the BlueZ pairing agent accepted or refused a pairing request",
+      {"decision": _enum("accepted", "refused"), "method": IDENT, "reason": TEXT},
+      {"capability": IDENT, "suppressed": COUNT})
+_kind("pairing.bond", "`vitalbridge ble pair` finished: bonded, already bonded or failed",
+      {"outcome": _enum("bonded", "already-bonded", "failed", "timed-out"), "adapter": IDENT},
+      {"trusted": _enum("set", "already", "failed"), "reason": TEXT})
 
 
 # ---------------------------------------------------------------- the rule
@@ -289,12 +302,19 @@ def _check_schema() -> None:
 _check_schema()
 
 
+_BLOB_REFUSED = ("looks like a 32+ byte blob (key material?): only declared public keys and "
+                 "digests may hold one")
+# looks_like_blob needs a run of at least 43 characters (base64 of 32 bytes; hex needs 64).
+_SHORTEST_BLOB = 43
+_BYTES_REFUSED = ("byte strings are not journaled (public keys and digests travel as "
+                  "lower-case hex)")
+
+
 def _check_blob(name: str, value: object) -> None:
     items = value if isinstance(value, list) else [value]
     for item in items:
         if isinstance(item, str) and looks_like_blob(item):
-            raise ValidationError(name, "looks like a 32+ byte blob (key material?): only "
-                                        "declared public keys and digests may hold one")
+            raise ValidationError(name, _BLOB_REFUSED)
 
 
 # Actors and subjects repeat ("agent", "gateway:gw-1" on every transmission entry): a text
@@ -338,35 +358,50 @@ def validate_details(kind_name: object, details: object) -> dict[str, Any]:
     if not isinstance(kind_name, str) or kind_name not in KINDS:
         raise ValidationError("kind", f"unknown event kind {kind_name!r}")
     kind = KINDS[kind_name]
-    if not isinstance(details, Mapping):
+    if type(details) is not dict and not isinstance(details, Mapping):
         raise ValidationError("details", "must be a mapping of field name to value")
+    fields = kind.fields
     clean: dict[str, Any] = {}
     for name, value in details.items():
-        if not isinstance(name, str):
-            raise ValidationError("details", f"field name {name!r} is not text")
-        declared = kind.field_type(name)
-        # Declared names passed the rule once, at import (_check_schema): only an undeclared
-        # name needs it, for the reason to give.
-        reason = _refusal(name, None) if declared is None else None
-        if reason:
-            raise ValidationError(name, reason)
-        if isinstance(value, bytes | bytearray | memoryview):
-            raise ValidationError(name, "byte strings are not journaled (public keys and "
-                                        "digests travel as lower-case hex)")
+        # A declared name (exact str) passed the rule at import (_check_schema).
+        declared = fields.get(name) if type(name) is str else None
         if declared is None:
-            raise ValidationError(name, f"not a field of {kind_name} (fields: "
-                                        + ", ".join([*kind.required, *kind.optional]) + ")")
+            declared = _undeclared_name(kind, name, value)
+        elif type(value) is not str and isinstance(value, bytes | bytearray | memoryview):
+            raise ValidationError(name, _BYTES_REFUSED)
         try:
             value = declared.check(value)
         except ValueError as err:
             raise ValidationError(name, str(err)) from None
         if not declared.public_blob:
-            _check_blob(name, value)
+            vtype = type(value)
+            if vtype is str:  # shorter than any blob: nothing to look for
+                if len(value) >= _SHORTEST_BLOB and looks_like_blob(value):
+                    raise ValidationError(name, _BLOB_REFUSED)
+            elif vtype is not int:  # an int holds no text
+                _check_blob(name, value)
         clean[name] = value
-    missing = [name for name in kind.required if name not in clean]
-    if missing:
-        raise ValidationError(missing[0], f"required by {kind_name}")
+    if not kind.required.keys() <= clean.keys():
+        missing = [name for name in kind.required if name not in clean]
+        raise ValidationError(missing[0], f"required by {kind.name}")
     return clean
+
+
+def _undeclared_name(kind: Kind, name: object, value: object) -> FieldType:
+    """The field type of a detail name that is not an exact str of a declared field: a str
+    subclass equal to one gets it; anything else is refused with the rule's reason."""
+    if not isinstance(name, str):
+        raise ValidationError("details", f"field name {name!r} is not text")
+    declared = kind.field_type(name)
+    reason = _refusal(name, None) if declared is None else None
+    if reason:
+        raise ValidationError(name, reason)
+    if isinstance(value, bytes | bytearray | memoryview):
+        raise ValidationError(name, _BYTES_REFUSED)
+    if declared is None:
+        raise ValidationError(name, f"not a field of {kind.name} (fields: "
+                                    + ", ".join([*kind.required, *kind.optional]) + ")")
+    return declared
 
 
 def validate(kind: object, actor: object, subject: object, details: object

@@ -107,6 +107,10 @@ MIGRATIONS = (_V1,)
 # and the registry are SQLite files at user_version 1 too, and must never be mistaken for this.
 APPLICATION_ID = 0x56424556
 _ENTRY_COLUMNS = "seq, time, kind, actor, subject, details, prev, hash"
+_INSERT_ENTRY = f"INSERT INTO entries ({_ENTRY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+# (kind, actor, subject, details, at): what kinds.validate returned, and the time in seconds
+# (None: the clock's, when written).
+ValidatedEvent = tuple[str, str, str, dict[str, Any], float | None]
 _CHECKPOINT_COLUMNS = "first_seq, last_seq, head, time, gateway, cose"
 
 
@@ -419,19 +423,44 @@ class EventLog(EventLogFile):
         """Validate (kinds.py), chain and store one event; durable on return unless inside
         `batch()`. `at` (seconds) defaults to the clock. ValidationError for bad input."""
         kind, actor, subject, clean = kinds.validate(kind, actor, subject, details)
-        # Hash exactly what reading the row back will give.
-        clean = chain.details_from_json(chain.details_to_json(clean))
+        time_ms = self._time_ms(at)
+        with self.batch():
+            seq, prev = self.head()
+            entry, details_json = chain.stored_entry(bytes(prev), seq + 1, time_ms, kind,
+                                                     actor, subject, clean)
+            self._conn.execute(_INSERT_ENTRY, (entry.seq, entry.time, entry.kind, entry.actor,
+                                               entry.subject, details_json, entry.prev,
+                                               entry.hash))
+        return entry
+
+    def append_validated(self, events: Iterable[ValidatedEvent]) -> int:
+        """Chain and store events that `kinds.validate` ALREADY ACCEPTED, in one
+        transaction; returns the new head's seq. Only for EventRecorder, which validates
+        each event on the event loop when it is recorded: this does not check the rule
+        again. Everything else (CLI commands, tools) uses `append`, which does.
+        One head lookup and one INSERT statement for the whole batch; an exception (a
+        disk error, a time before 1970) rolls all of it back, so no partial chain is
+        ever committed and the caller can retry the same events."""
+        with self.batch():
+            seq, prev = self.head()
+            prev = bytes(prev)
+            rows = []
+            for kind, actor, subject, details, at in events:
+                seq += 1
+                time_ms = self._time_ms(at)
+                digest, details_json, _ = chain.stored_hash(prev, seq, time_ms, kind, actor,
+                                                            subject, details)
+                rows.append((seq, time_ms, kind, actor, subject, details_json, prev, digest))
+                prev = digest
+            self._conn.executemany(_INSERT_ENTRY, rows)
+        return seq
+
+    def _time_ms(self, at: float | None) -> int:
+        """An entry's time: `at` (seconds) or the clock, as POSIX ms."""
         time_ms = to_ms(self._clock() if at is None else at)
         if time_ms < 0:
             raise ValueError("time before 1970")
-        with self.batch():
-            seq, prev = self.head()
-            entry = chain.make_entry(bytes(prev), seq + 1, time_ms, kind, actor, subject, clean)
-            self._conn.execute(
-                f"INSERT INTO entries ({_ENTRY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (entry.seq, entry.time, entry.kind, entry.actor, entry.subject,
-                 chain.details_to_json(entry.details), entry.prev, entry.hash))
-        return entry
+        return time_ms
 
     def checkpoint(self) -> chain.Checkpoint | None:
         """Sign the uncovered entries now; None when there are none."""

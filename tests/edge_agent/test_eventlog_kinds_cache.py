@@ -25,7 +25,7 @@ def reference_details(kind_name: object, details: object) -> dict[str, Any]:
     for name, value in details.items():
         if not isinstance(name, str):
             raise ValidationError("details", f"field name {name!r} is not text")
-        declared = kind.field_type(name)
+        declared = kind.required.get(name) or kind.optional.get(name)
         reason = kinds._refusal(name, declared)
         if reason:
             raise ValidationError(name, reason)
@@ -143,3 +143,58 @@ def test_entries_the_agent_writes_pass_the_same_way_twice(entry: tuple) -> None:
     assert expected[3]  # the reference accepts it: the shortcut path is exercised
     assert kinds.validate(*entry) == expected
     assert kinds.validate(*entry) == expected
+
+
+class Name(str):
+    """A str subclass: takes the rule's long way, never the exact-str shortcut."""
+
+
+def b64ish(length: int) -> str:
+    return ("Ab1" * 30)[:length]
+
+
+EDGE_TEXTS = st.sampled_from([b64ish(42), b64ish(43), b64ish(44), "a" * 63 + "0", "f" * 64,
+                              "x" * 42 + "Y1", "vb/" + b64ish(43), "ok"])
+EDGE_VALUES = (VALUES | EDGE_TEXTS | st.builds(Name, EDGE_TEXTS) | st.lists(EDGE_TEXTS, max_size=3)
+               | st.tuples(EDGE_TEXTS) | st.sampled_from([True, False, 2**63, -1, 1.5]))
+EDGE_NAMES = (st.sampled_from(FIELD_NAMES + HOSTILE_NAMES)
+              | st.builds(Name, st.sampled_from(FIELD_NAMES + HOSTILE_NAMES)) | st.none())
+EDGE_DETAILS = st.dictionaries(EDGE_NAMES, EDGE_VALUES, max_size=7)
+
+
+@given(st.sampled_from(KIND_NAMES), EDGE_DETAILS, st.booleans())
+def test_same_decision_on_subclasses_mappings_and_blob_lengths(kind: str, details: dict,
+                                                               as_proxy: bool) -> None:
+    from types import MappingProxyType
+    given_details = MappingProxyType(details) if as_proxy else details
+    expected = outcome(reference_details, kind, given_details)
+    assert outcome(kinds.validate_details, kind, given_details) == expected
+
+
+def test_every_kind_with_all_fields_gives_the_reference_clean_copy() -> None:
+    samples = {"identifier": "ox-1", "pseudonym": "p-4f7a2c", "count": 7, "byte": 16,
+               "number": 1.5, "names": ("a", "b"), "digest": "ab" * 32, "public key": "cd" * 32,
+               "key id": "0011223344556677", "text": "because"}
+    for kind in kinds.KINDS.values():
+        details = {name: ftype.choices[0] if ftype.choices else samples[ftype.name]
+                   for name, ftype in {**kind.required, **kind.optional}.items()}
+        assert kinds.validate_details(kind.name, details) == reference_details(kind.name, details)
+        for name in kind.required:  # and each required field missing is named
+            partial = {k: v for k, v in details.items() if k != name}
+            assert outcome(kinds.validate_details, kind.name, partial) == ("refused", name)
+
+
+BOUNDARY_TEXTS = [b64ish(42), b64ish(43), "q" + b64ish(43), "0" * 63, "0" * 64, "a" * 43,
+                  "x" * 42 + "Y1", "vb/" + b64ish(43) + "/x"]
+
+
+@pytest.mark.parametrize("text", BOUNDARY_TEXTS)
+def test_blob_boundaries_in_every_text_field_decide_as_the_full_rule(text: str) -> None:
+    checked = 0
+    for kind in kinds.KINDS.values():
+        for name, ftype in {**kind.required, **kind.optional}.items():
+            for value in (text, Name(text), [text]):
+                expected = outcome(reference_details, kind.name, {name: value})
+                assert outcome(kinds.validate_details, kind.name, {name: value}) == expected
+                checked += expected == ("refused", name) and ftype.name in ("text", "identifier")
+    assert checked or not kinds.looks_like_blob(text)  # a blob is refused somewhere
