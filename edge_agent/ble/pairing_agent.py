@@ -10,7 +10,9 @@ This module is that agent:
   numeric comparison need a technician (`vitalbridge ble pair`); legacy PIN codes and
   everything else are rejected.
 * `PairingAgent`: the `org.bluez.Agent1` D-Bus object that applies the policy and answers
-  BlueZ, rejecting with `org.bluez.Error.Rejected` (or `.Canceled`).
+  BlueZ, rejecting with `org.bluez.Error.Rejected` (or `.Canceled`). Each final answer
+  (accepted or refused, after the technician when one is asked) goes to `on_decision` as a
+  `PairingOutcome`: the commands record it in the tamper-evident event journal.
 * `register_agent` / `unregister_agent` / `serve_agent`: `AgentManager1` registration, kept
   alive across bluetoothd restarts (`NameOwnerChanged`) and `Release`.
 
@@ -23,9 +25,9 @@ import asyncio
 import logging
 import re
 from collections import deque
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from dbus_fast import DBusError, Message, MessageType
 from dbus_fast.aio import MessageBus
@@ -68,6 +70,18 @@ class Decision:
     action: str
     reason: str
     address: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PairingOutcome:
+    """The agent's final answer to one request: `accepted` or not, and why (never a
+    passkey). `address` is None when BlueZ named no readable device object."""
+
+    method: str
+    address: str | None
+    accepted: bool
+    reason: str
+    capability: str
 
 
 def address_from_device_path(path: object) -> str | None:
@@ -141,12 +155,16 @@ class PairingAgent(ServiceInterface):
     """`org.bluez.Agent1` applying `decide` with the current allow-list.
 
     `allowed` may be replaced at any time (`set_allowed`, e.g. on a configuration reload);
-    `released` is set when BlueZ calls Release (the registration is gone)."""
+    `released` is set when BlueZ calls Release (the registration is gone). `on_decision` is
+    called with every final answer before BlueZ receives it; its exceptions are logged, never
+    turned into an answer (recording must not change the decision)."""
 
-    def __init__(self, allowed: Iterable[str], technician: Technician | None = None) -> None:
+    def __init__(self, allowed: Iterable[str], technician: Technician | None = None,
+                 on_decision: Callable[[PairingOutcome], None] | None = None) -> None:
         super().__init__(AGENT_INTERFACE)
         self._allowed = normalise_allow_list(allowed)
         self._technician = technician
+        self._on_decision = on_decision
         self._pending: asyncio.Future | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -172,8 +190,35 @@ class PairingAgent(ServiceInterface):
         log.log(level, "pairing agent: %s from %s: %s (%s)", method,
                 decision.address or "unknown device", decision.action, decision.reason)
         if decision.action == REJECT:
-            raise DBusError(ERROR_REJECTED, decision.reason)
+            self._refuse(method, decision.address, decision.reason)
+        if decision.action == ACCEPT:
+            self._report(method, decision.address, True, decision.reason)
         return decision
+
+    def _report(self, method: str, address: str | None, accepted: bool, reason: str) -> None:
+        if self._on_decision is None:
+            return
+        try:
+            self._on_decision(PairingOutcome(method, address, accepted, reason,
+                                             self.capability))
+        except Exception:
+            log.exception("pairing agent: decision on %s not recorded", address)
+
+    def _refuse(self, method: str, address: str | None, reason: str,
+                error: str = ERROR_REJECTED) -> NoReturn:
+        """Record the refusal, then answer BlueZ with `error`."""
+        self._report(method, address, False, reason)
+        raise DBusError(error, reason)
+
+    async def _ask_technician(self, method: str, address: str,
+                              question: Coroutine[Any, Any, object]) -> object:
+        """`_ask`, with a cancelled prompt recorded as refused."""
+        try:
+            return await self._ask(question)
+        except DBusError as exc:
+            if exc.type == ERROR_CANCELED:
+                self._report(method, address, False, "cancelled before the technician answered")
+            raise
 
     async def _ask(self, question: Coroutine[Any, Any, object]) -> object:
         """Run one technician prompt; BlueZ's Cancel ends it with org.bluez.Error.Canceled."""
@@ -217,9 +262,12 @@ class PairingAgent(ServiceInterface):
     async def RequestPasskey(self, device: DBusObjectPath) -> DBusUInt32:
         decision = self._decide("RequestPasskey", device)
         assert self._technician is not None and decision.address is not None  # policy: ASK
-        passkey = await self._ask(self._technician.enter_passkey(decision.address))
+        passkey = await self._ask_technician("RequestPasskey", decision.address,
+                                             self._technician.enter_passkey(decision.address))
         if not isinstance(passkey, int) or not 0 <= passkey <= _MAX_PASSKEY:
-            raise DBusError(ERROR_REJECTED, "no passkey entered")
+            self._refuse("RequestPasskey", decision.address, "no passkey entered")
+        self._report("RequestPasskey", decision.address, True,
+                     "passkey entered by the technician")
         return passkey
 
     @dbus_method()
@@ -227,16 +275,25 @@ class PairingAgent(ServiceInterface):
                              entered: DBusUInt16) -> None:
         decision = self._decide("DisplayPasskey", device)
         assert self._technician is not None and decision.address is not None
-        await self._ask(self._technician.show_passkey(decision.address, passkey, entered))
+        await self._ask_technician("DisplayPasskey", decision.address,
+                                   self._technician.show_passkey(decision.address, passkey,
+                                                                 entered))
+        if not entered:  # BlueZ calls again for every key typed on the device: record once
+            self._report("DisplayPasskey", decision.address, True,
+                         "passkey shown to the technician")
 
     @dbus_method()
     async def RequestConfirmation(self, device: DBusObjectPath,
                                   passkey: DBusUInt32) -> None:
         decision = self._decide("RequestConfirmation", device)
         assert self._technician is not None and decision.address is not None
-        if await self._ask(self._technician.confirm_passkey(decision.address, passkey)) \
-                is not True:
-            raise DBusError(ERROR_REJECTED, "the technician did not confirm the passkey")
+        if await self._ask_technician(
+                "RequestConfirmation", decision.address,
+                self._technician.confirm_passkey(decision.address, passkey)) is not True:
+            self._refuse("RequestConfirmation", decision.address,
+                         "the technician did not confirm the passkey")
+        self._report("RequestConfirmation", decision.address, True,
+                     "the technician confirmed the passkey")
 
     @dbus_method()
     def RequestAuthorization(self, device: DBusObjectPath) -> None:

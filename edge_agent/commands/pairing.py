@@ -7,9 +7,19 @@
 (the vitalbridge-ble-agent service): Just Works pairing is accepted only for the
 `[[ble.devices]]` with `bonding = true` and an `address`; SIGHUP re-reads that list.
 `pair` bonds one such device now, with a KeyboardDisplay agent of its own: it shows the
-passkey to type on the device, or asks for the one the device shows. Exit status: 0 bonded
-(or already bonded), 1 pairing failed or timed out, 2 usage, configuration or BlueZ
-unavailable. Details: docs/ble-ingest.md, "Bonding and the BlueZ pairing agent".
+passkey to type on the device, or asks for the one the device shows, and marks the bonded
+device Trusted in BlueZ. Exit status: 0 bonded (or already bonded) and trusted, 1 pairing
+failed or timed out (or Trusted could not be set), 2 usage, configuration, gateway not
+provisioned or BlueZ unavailable.
+
+Both record every pairing decision (accepted or refused, method, address, why) and `pair`
+its outcome in the gateway's tamper-evident event journal, the way the other technician
+commands do (`EventLog`, which takes concurrent writers: each append reads the head in
+its own transaction), in the files and with the key the agent uses (`[gateway]` of
+gateway.toml). Identical decisions repeated within a minute, and any beyond 20 a minute,
+are counted into the next entry (`suppressed`) instead of each written: a device in range
+may retry pairing forever.
+Details: docs/ble-ingest.md, "Bonding and the BlueZ pairing agent".
 """
 
 from __future__ import annotations
@@ -21,14 +31,18 @@ import logging
 import signal
 import sys
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.cli import CommandError
 
 if TYPE_CHECKING:
     from dbus_fast.aio import MessageBus
 
+    from edge_agent.ble.pairing_agent import PairingOutcome
     from edge_agent.config import AgentConfig
 
 log = logging.getLogger("vitalbridge.ble.pairing")
@@ -38,6 +52,9 @@ _ADAPTER1 = "org.bluez.Adapter1"
 _PROPERTIES = "org.freedesktop.DBus.Properties"
 _PAIR_FAILED = 1
 _PASSKEY_ATTEMPTS = 3
+UNATTENDED_ACTOR = "ble-agent"
+REPEAT_WINDOW_S = 60.0  # an identical decision is recorded at most once per window
+MAX_PER_WINDOW = 20  # and at most this many decisions of any kind per window
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,6 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     pair.add_argument("--adapter", default="hci0", help="BlueZ adapter (default hci0)")
     pair.add_argument("--timeout", type=float, default=90.0,
                       help="seconds for discovery plus pairing (default 90)")
+    pair.add_argument("--actor", help="who pairs, recorded in the event journal "
+                      "(default: $USER)")
     for action in (agent, pair):
         action.add_argument("--config", required=True, help="gateway.toml")
         action.add_argument("--bus", help="D-Bus address (default: the system bus)")
@@ -88,6 +107,103 @@ def _allow_list(path: str, config: AgentConfig | None = None) -> list[str]:
     return allowed
 
 
+# --- the event journal ------------------------------------------------------------------------
+
+
+Entries = list[tuple[str, str, str, dict[str, Any]]]
+
+
+def subject_of(address: str | None) -> str:
+    return f"bluetooth:{address or 'unknown'}"
+
+
+class PairingEvents:
+    """Pairing decisions and outcomes as event-journal entries (kinds `pairing.decision`,
+    `pairing.bond`), written by `write(entries)`; repeats are counted, not each written."""
+
+    def __init__(self, write: Callable[[Entries], None], actor: str, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._write = write
+        self.actor = actor
+        self._clock = clock
+        self._last: dict[tuple[object, ...], float] = {}  # decision -> when last written
+        self._written: deque[float] = deque()  # times of the entries in the last window
+        self.suppressed = 0
+
+    @classmethod
+    def for_gateway(cls, gateway_id: str, data_dir: Path, keys_dir: Path,
+                    actor: str) -> PairingEvents:
+        """Entries go to the agent's event journal (`data_dir`/events.sqlite3), checkpoints
+        signed with the gateway key in `keys_dir`: the files and key the agent itself uses
+        (`[gateway]` of gateway.toml). CommandError when the key cannot be read."""
+        from edge_agent.ca import keyfiles
+        from edge_agent.eventlog import EventLog
+        from edge_agent.service import EVENTS_FILE, SIGNING_KEY_FILE
+
+        try:
+            seed = keyfiles.load_ed25519_seed(Path(keys_dir) / SIGNING_KEY_FILE)
+        except (OSError, ValueError) as exc:
+            raise CommandError(f"the gateway's signing key: {exc}") from None
+        path = Path(data_dir) / EVENTS_FILE
+
+        def write(entries: Entries) -> None:
+            journal = EventLog.open(path, gateway_id, seed)
+            try:
+                with journal.batch():
+                    for kind, actor_, subject, details in entries:
+                        journal.append(kind, actor_, subject, details)
+            finally:
+                journal.close()  # signs what it wrote
+
+        return cls(write, actor)
+
+    def _due(self, key: tuple[object, ...]) -> bool:
+        now = self._clock()
+        while self._written and now - self._written[0] >= REPEAT_WINDOW_S:
+            self._written.popleft()
+        last = self._last.get(key)
+        if (last is not None and now - last < REPEAT_WINDOW_S) \
+                or len(self._written) >= MAX_PER_WINDOW:
+            self.suppressed += 1
+            return False
+        if len(self._last) > 4 * MAX_PER_WINDOW:  # forget decisions past their window
+            self._last = {k: t for k, t in self._last.items() if now - t < REPEAT_WINDOW_S}
+        self._last[key] = now
+        self._written.append(now)
+        return True
+
+    def decision(self, outcome: PairingOutcome) -> None:
+        """PairingAgent's `on_decision`: record (or count) one answer to BlueZ."""
+        verdict = "accepted" if outcome.accepted else "refused"
+        if not self._due((outcome.address, outcome.method, verdict, outcome.reason)):
+            return
+        details: dict[str, Any] = {"decision": verdict, "method": outcome.method,
+                                   "reason": outcome.reason, "capability": outcome.capability}
+        if self.suppressed:
+            details["suppressed"] = self.suppressed
+        self._write([("pairing.decision", self.actor, subject_of(outcome.address), details)])
+        self.suppressed = 0
+
+    def bond(self, address: str, adapter: str, outcome: str, *, trusted: str | None = None,
+             reason: str | None = None) -> None:
+        """The outcome of `ble pair` (always written)."""
+        details: dict[str, Any] = {"outcome": outcome, "adapter": adapter}
+        if trusted is not None:
+            details["trusted"] = trusted
+        if reason:
+            details["reason"] = reason[:200]
+        self._write([("pairing.bond", self.actor, subject_of(address), details)])
+
+
+def _events_for(config: AgentConfig, actor: str) -> PairingEvents:
+    gateway = config.gateway
+    try:
+        return PairingEvents.for_gateway(gateway.id, gateway.data_dir, gateway.keys_dir, actor)
+    except CommandError as exc:
+        raise CommandError(f"pairing decisions are recorded in the gateway's event journal, "
+                           f"which is not available: {exc}") from None
+
+
 async def _connect(address: str | None) -> MessageBus:
     from dbus_fast import BusType
     from dbus_fast.aio import MessageBus
@@ -111,20 +227,24 @@ def run_agent(args: argparse.Namespace) -> int:
     config = _load(args.config)
     configure_logging(config.logging.level, config.logging.format)
     allowed = _allow_list(args.config, config)
-    asyncio.run(serve_unattended(args.bus, allowed, lambda: _allow_list(args.config)))
+    events = _events_for(config, UNATTENDED_ACTOR)
+    asyncio.run(serve_unattended(args.bus, allowed, lambda: _allow_list(args.config),
+                                 events=events))
     return 0
 
 
 async def serve_unattended(bus_address: str | None, allowed: list[str],
                            reload: Callable[[], list[str]],
-                           stop: asyncio.Event | None = None) -> None:
+                           stop: asyncio.Event | None = None,
+                           events: PairingEvents | None = None) -> None:
     """Serve the Just Works default agent until SIGTERM/SIGINT (or `stop`); SIGHUP calls
-    `reload` for a new allow-list (a configuration error keeps the current one)."""
+    `reload` for a new allow-list (a configuration error keeps the current one). Each
+    decision goes to `events` (the event journal) before BlueZ gets its answer."""
     from edge_agent.ble.pairing_agent import AGENT_PATH, PairingAgent, serve_agent
 
     stop = stop or asyncio.Event()
     bus = await _connect(bus_address)
-    agent = PairingAgent(allowed)
+    agent = PairingAgent(allowed, on_decision=events.decision if events else None)
     bus.export(AGENT_PATH, agent)
 
     def on_hangup() -> None:
@@ -218,6 +338,8 @@ class PairingFailed(Exception):
 
 def run_pair(args: argparse.Namespace) -> int:
     from edge_agent.ble.pairing_agent import normalise_allow_list
+    from edge_agent.commands import common
+    from edge_agent.commands.agent import _load
 
     try:
         (address,) = normalise_allow_list([args.address])
@@ -229,9 +351,11 @@ def run_pair(args: argparse.Namespace) -> int:
                            f"{args.config}: configure it first")
     if args.timeout <= 0:
         raise CommandError("--timeout must be positive")
+    events = _events_for(_load(args.config), common.actor(args))
     try:
         outcome = asyncio.run(pair_device(args.bus, address, TerminalTechnician(),
-                                          adapter=args.adapter, timeout_s=args.timeout))
+                                          adapter=args.adapter, timeout_s=args.timeout,
+                                          events=events))
     except PairingFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return _PAIR_FAILED
@@ -240,10 +364,12 @@ def run_pair(args: argparse.Namespace) -> int:
 
 
 async def pair_device(bus_address: str | None, address: str, technician: object, *,
-                      adapter: str = "hci0", timeout_s: float = 90.0) -> str:
+                      adapter: str = "hci0", timeout_s: float = 90.0,
+                      events: PairingEvents | None = None) -> str:
     """Bond `address` through BlueZ with a KeyboardDisplay agent of our own (BlueZ uses the
-    agent of whoever calls Device1.Pair). Discovers the device first if BlueZ does not know
-    it. Returns a one-line outcome; raises PairingFailed or CommandError."""
+    agent of whoever calls Device1.Pair), then mark it Trusted. Discovers the device first
+    if BlueZ does not know it. Every agent decision and the outcome go to `events`.
+    Returns a one-line outcome; raises PairingFailed or CommandError."""
     from dbus_fast import DBusError
 
     from edge_agent.ble.pairing_agent import (
@@ -254,9 +380,15 @@ async def pair_device(bus_address: str | None, address: str, technician: object,
     )
 
     bus = await _connect(bus_address)
-    agent = PairingAgent([address], technician)  # type: ignore[arg-type]
+    agent = PairingAgent([address], technician,  # type: ignore[arg-type]
+                         on_decision=events.decision if events else None)
     bus.export(AGENT_PATH, agent)
     device_path = f"/org/bluez/{adapter}/dev_{address.replace(':', '_')}"
+
+    def outcome(result: str, trusted: str | None = None, reason: str | None = None) -> None:
+        if events is not None:
+            events.bond(address, adapter, result, trusted=trusted, reason=reason)
+
     try:
         try:
             await register_agent(bus, agent, default=False)
@@ -265,20 +397,44 @@ async def pair_device(bus_address: str | None, address: str, technician: object,
         async with asyncio.timeout(timeout_s):
             if not await _device_known(bus, device_path):
                 await _discover(bus, adapter, device_path)
-            if await _get_property(bus, device_path, _DEVICE1, "Paired") is True:
-                return f"{address} is already bonded (remove it with bluetoothctl to pair again)"
-            reply = await _call(bus, device_path, _DEVICE1, "Pair", "", [])
-            if reply is not None:
-                raise PairingFailed(f"pairing with {address} failed: {reply}")
-        log.info("pairing: %s bonded", address)
+            already = await _get_property(bus, device_path, _DEVICE1, "Paired") is True
+            if not already:
+                reply = await _call(bus, device_path, _DEVICE1, "Pair", "", [])
+                if reply is not None:
+                    outcome("failed", reason=reply)
+                    raise PairingFailed(f"pairing with {address} failed: {reply}")
+            trusted, problem = await _trust(bus, device_path)
+        result = "already-bonded" if already else "bonded"
+        outcome(result, trusted, problem)
+        if problem is not None:
+            raise PairingFailed(f"{address} is bonded but BlueZ did not mark it trusted: "
+                                f"{problem}")
+        log.info("pairing: %s %s, trusted", address, result)
+        if already:
+            return f"{address} is already bonded (remove it with bluetoothctl to pair again)"
         return f"{address} bonded"
     except TimeoutError:
         await _call(bus, device_path, _DEVICE1, "CancelPairing", "", [])
+        outcome("timed-out", reason=f"no bond within {timeout_s:g} s")
         raise PairingFailed(f"pairing with {address} timed out after {timeout_s:g} s") from None
     finally:
         await agent.withdraw()
         await unregister_agent(bus)
         bus.disconnect()
+
+
+async def _trust(bus: MessageBus, device_path: str) -> tuple[str, str | None]:
+    """Set Device1.Trusted (BlueZ then authorizes the bonded device's reconnections and
+    services without asking an agent) -> ("set" | "already" | "failed", problem)."""
+    from dbus_fast import Variant
+
+    if await _get_property(bus, device_path, _DEVICE1, "Trusted") is True:
+        return "already", None
+    problem = await _call(bus, device_path, _PROPERTIES, "Set", "ssv",
+                          [_DEVICE1, "Trusted", Variant("b", True)])
+    if problem is None and await _get_property(bus, device_path, _DEVICE1, "Trusted") is True:
+        return "set", None
+    return "failed", problem or "Trusted is still false"
 
 
 async def _call(bus: MessageBus, path: str, interface: str, member: str, signature: str,

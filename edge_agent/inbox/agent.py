@@ -11,18 +11,25 @@
 
 A broken tamper seal reported by the device takes the same steps inside the agent
 (`service._lifecycle_event` calls `raise_compromise_alarm`).
+
+Both record events in the tamper-evident event journal when applied. `apply` runs again
+after a crash (or a failure) before the outcome was recorded; the events the first run
+already recorded are looked up (event_once.py) and not recorded twice.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.alarms.evaluator import TECHNICAL, Condition, Reading
 from edge_agent.alarms.grades import Grade
+from edge_agent.eventlog import Entry as EventEntry
 from edge_agent.inbox import entries
 from edge_agent.inbox.consumer import InboxConsumer, Refused
+from edge_agent.inbox.event_once import EventJournalLookup, RecentEvents
 from edge_agent.inbox.store import Entry
 from edge_agent.journal import NewMessage, Priority
 from edge_agent.logging_setup import redact
@@ -39,6 +46,11 @@ COMPROMISED = "compromised"
 # not a physiological emergency (red is kept for those, and would latch for no clinical
 # reason). docs/keys-and-certificates.md, "Compromise forwarding".
 COMPROMISE_GRADE = Grade.ORANGE
+# Prepared work stores the event journal's head seq before apply could record anything
+# (event_once.py); work prepared by an agent without it is checked from the start.
+EVENTS_AFTER = "events_after"
+RECEIPT = "reception.received"
+FAULT = "maintenance.fault"
 
 
 def compromise_condition(device: str, patient: str | None, reason: str,
@@ -82,9 +94,20 @@ def _reading_json(reading: Reading) -> dict[str, Any]:
             "unit": reading.unit}
 
 
+def _receipt_digest(entry: EventEntry) -> str | None:
+    """The digest a reception entry documents (None: another kind)."""
+    if entry.kind != RECEIPT:
+        return None
+    digest = entry.details.get("digest")
+    return digest if isinstance(digest, str) else None
+
+
 class ManualReadingHandler:
-    def __init__(self, service: AgentService, clock: Any = time.time) -> None:
+    def __init__(self, service: AgentService, events: EventJournalLookup,
+                 clock: Any = time.time) -> None:
         self.service = service
+        self._events = events
+        self._recent = RecentEvents()  # digests whose receipt this process recorded
         self._clock = clock
 
     def prepare(self, entry: Entry, body: dict[str, Any]) -> Any:
@@ -111,13 +134,12 @@ class ManualReadingHandler:
             return Refused(reasons)
         return {"messages": [_message_json(m) for m in attested.journal],
                 "readings": [_reading_json(r) for r in attested.readings],
-                "received_at": now}
+                "received_at": now, EVENTS_AFTER: self._events.mark()}
 
     async def apply(self, entry: Entry, body: dict[str, Any], prepared: Any) -> str:
         built = [_message(m) for m in prepared["messages"]]
         await self.service.journal.append_many(built)  # one row per digest: a retry is a no-op
-        for message in built:
-            self.service.manual_received(message)  # in the event journal like any receipt
+        await self._document_receipts(built, prepared.get(EVENTS_AFTER, 0))
         readings = [Reading(r["patient"], r["device"], r["quantity"], r["value"], r["time"],
                             r["unit"], manual=True) for r in prepared["readings"]]
         if readings:
@@ -126,10 +148,25 @@ class ManualReadingHandler:
         return (f"{sum(m.count for m in built)} readings journaled as {built[0].device_id} "
                 f"seq {first}..{last}")
 
+    async def _document_receipts(self, built: list[NewMessage], events_after: int) -> None:
+        """One `reception.received` per message, like any receipt, and never a second one
+        for a message whose receipt an earlier run of this entry recorded."""
+        wanted = [m for m in built if m.digest.hex() not in self._recent]
+        if not wanted:
+            return
+        recorded = await asyncio.to_thread(self._events.find, events_after, _receipt_digest)
+        for message in wanted:
+            digest = message.digest.hex()
+            if digest not in recorded:
+                self.service.manual_received(message)
+            self._recent.add_all([digest])
+
 
 class CompromiseHandler:
-    def __init__(self, service: AgentService) -> None:
+    def __init__(self, service: AgentService, events: EventJournalLookup) -> None:
         self.service = service
+        self._events = events
+        self._recent = RecentEvents(256)  # entry ids whose fault this process recorded
 
     def prepare(self, entry: Entry, body: dict[str, Any]) -> Any:
         registry = self.service.registry
@@ -139,7 +176,7 @@ class CompromiseHandler:
                            "the compromise with `vitalbridge device compromise`")
         keys = [k.kid for k in registry.keys("device", device.id)
                 if k.facts.compromised == body["at"]]
-        return {"keys": keys}
+        return {"keys": keys, EVENTS_AFTER: self._events.mark()}
 
     async def apply(self, entry: Entry, body: dict[str, Any], prepared: Any) -> str:
         service = self.service
@@ -150,18 +187,31 @@ class CompromiseHandler:
             topics.UP_EVENT, None, compromise_event(device, at, prepared["keys"]),
             Priority.ALARM, "attested"))
         raise_compromise_alarm(service, device, reason, at)
-        service.recorder.record("maintenance.fault", entry.actor, f"device:{device}", {
-            "component": "device", "fault": "compromised", "severity": "critical",
-            "detail": redact(reason)[:200]})
+        if entry.id not in self._recent:
+            subject = f"device:{device}"
+
+            def ours(event: EventEntry) -> str | None:
+                return "fault" if event.kind == FAULT and event.subject == subject and \
+                    event.details.get("fault") == COMPROMISED else None
+
+            if not await asyncio.to_thread(self._events.find, prepared.get(EVENTS_AFTER, 0),
+                                           ours):
+                service.recorder.record(FAULT, entry.actor, subject, {
+                    "component": "device", "fault": COMPROMISED, "severity": "critical",
+                    "detail": redact(reason)[:200]})
+            self._recent.add_all([entry.id])
         return (f"{len(ended)} live sessions withdrawn, key event queued for the centre, "
                 f"{COMPROMISE_GRADE.label} technical alarm raised")
 
 
 async def start_inbox(service: AgentService, data_dir: Path) -> InboxConsumer:
     """The service's inbox consumer, started (entries waiting from before are processed)."""
+    from edge_agent.service import EVENTS_FILE  # the service imports this module
+
+    events = EventJournalLookup(data_dir / EVENTS_FILE)
     consumer = InboxConsumer(data_dir, {
-        entries.MANUAL_READING: ManualReadingHandler(service, service._clock),
-        entries.DEVICE_COMPROMISED: CompromiseHandler(service),
+        entries.MANUAL_READING: ManualReadingHandler(service, events, service._clock),
+        entries.DEVICE_COMPROMISED: CompromiseHandler(service, events),
     }, clock=service._clock)
     await consumer.start()
     return consumer

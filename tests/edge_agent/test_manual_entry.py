@@ -15,6 +15,7 @@ import pytest
 from edge_agent.cli import CommandError
 from edge_agent.commands import reading
 from edge_agent.inbox import InboxStore
+from edge_agent.service import AgentService
 from protocol import topics
 from simulator.agent_home import provision_home
 from tests.edge_agent.test_service_integration import (
@@ -114,6 +115,74 @@ def test_a_stopped_agent_processes_the_entry_when_it_starts(
         assert conn.execute("SELECT count(*) FROM messages WHERE device_id = "
                             "'manual-p-0001' AND kind = ?",
                             (topics.UP_READINGS,)).fetchone() == (1,)
+
+
+def _receipts(data: Path, device: str) -> list[str]:
+    """Digests of the `reception.received` entries of `device` in the event journal."""
+    with sqlite3.connect(data / "events.sqlite3") as conn:
+        rows = conn.execute("SELECT details FROM entries WHERE kind = 'reception.received' "
+                            "AND subject = ?", (f"device:{device}",)).fetchall()
+    return [json.loads(details)["digest"] for (details,) in rows]
+
+
+def _manual_rows(data: Path, device: str) -> list[str]:
+    with sqlite3.connect(data / "journal.sqlite3") as conn:
+        return [row[0].hex() for row in conn.execute(
+            "SELECT digest FROM messages WHERE device_id = ? AND kind = ?",
+            (device, topics.UP_READINGS))]
+
+
+@pytest.mark.parametrize("receipt_survived", [True, False],
+                         ids=["receipt-committed", "receipt-lost-in-the-crash"])
+def test_a_retried_manual_entry_writes_one_receipt_event_and_one_row(
+        rig: Rig, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        receipt_survived: bool) -> None:
+    """The crash falls between the journal row (and its receipt event) and the inbox
+    outcome: the first run cannot record the outcome, keeps retrying in the same process,
+    stops; the next run applies the same prepared work again. Real SQLite files
+    throughout. Variant: the receipt event had not reached the disk when the process died
+    (the recorder batches), so the retry must write it."""
+    data = rig.home.data_dir
+    status, queued = _json_reading(capsys, "--data-dir", data, "--patient", "p-0001",
+                                   "--hr", 64, "--actor", "nurse:n-7", "--wait", 0)
+    assert status == 0 and queued["state"] == "queued"
+    real_finish = InboxStore.finish
+
+    def crash_before_the_outcome(store: InboxStore, entry_id: str, outcome: str, *rest: Any
+                                 ) -> bool:
+        if outcome == "accepted":
+            raise OSError("simulated crash before the outcome is recorded")
+        return real_finish(store, entry_id, outcome, *rest)
+
+    async def first_run() -> None:
+        service = await started(rig.config(serial=[]))
+        try:
+            assert await until(lambda: len(_manual_rows(data, "manual-p-0001")) == 1)
+            await asyncio.sleep(1.0)  # several polls: the entry is applied again and again
+            assert service.inbox.processed == 0
+        finally:
+            await service.stop("simulated crash")
+
+    async def second_run() -> None:
+        service = await started(rig.config(serial=[]))
+        try:
+            with InboxStore.open(data) as store:
+                assert store.get(queued["id"]).outcome == "accepted"  # done at start
+        finally:
+            await service.stop("test over")
+
+    monkeypatch.setattr(InboxStore, "finish", crash_before_the_outcome)
+    if not receipt_survived:  # recorded, but never committed: lost with the process
+        monkeypatch.setattr(AgentService, "manual_received", lambda self, message: None)
+    play(first_run)
+    with InboxStore.open(data) as store:
+        assert store.get(queued["id"]).outcome is None and store.get(queued["id"]).prepared
+    rows = _manual_rows(data, "manual-p-0001")
+    assert _receipts(data, "manual-p-0001") == (rows if receipt_survived else [])
+    monkeypatch.undo()
+    play(second_run)
+    assert _manual_rows(data, "manual-p-0001") == rows  # one row, the same one
+    assert _receipts(data, "manual-p-0001") == rows  # exactly one receipt event, for it
 
 
 @pytest.fixture

@@ -175,8 +175,11 @@ class FakeBluez:
     Device1.Pair of `pair_device_path` asks the caller's agent for a passkey and succeeds
     only when it equals `pair_passkey`; Adapter1.StartDiscovery makes the device known."""
 
-    def __init__(self, bus: MessageBus, pair_passkey: int = 0, known: bool = True) -> None:
+    def __init__(self, bus: MessageBus, pair_passkey: int = 0, known: bool = True,
+                 refuse_trust: bool = False) -> None:
         self.bus = bus
+        self.trusted = False
+        self.refuse_trust = refuse_trust
         self.calls: list[tuple[str, str, list]] = []  # (sender, member, body)
         self.agents: dict[str, tuple[str, str]] = {}  # sender -> (path, capability)
         self.default: tuple[str, str] | None = None  # (sender, path)
@@ -204,10 +207,20 @@ class FakeBluez:
         if msg.interface == "org.freedesktop.DBus.Properties" and msg.member == "Get":
             if msg.path != METER_PATH or not self.device_known:
                 return Message.new_error(msg, "org.freedesktop.DBus.Error.UnknownObject", "")
-            value = {"Address": Variant("s", METER), "Paired": Variant("b", self.paired)}
+            value = {"Address": Variant("s", METER), "Paired": Variant("b", self.paired),
+                     "Trusted": Variant("b", self.trusted)}
             if msg.body[1] not in value:
                 return Message.new_error(msg, "org.freedesktop.DBus.Error.InvalidArgs", "")
             return Message.new_method_return(msg, "v", [value[msg.body[1]]])
+        if msg.interface == "org.freedesktop.DBus.Properties" and msg.member == "Set":
+            interface, name, value = msg.body
+            if msg.path != METER_PATH or (interface, name) != ("org.bluez.Device1",
+                                                                "Trusted"):
+                return Message.new_error(msg, "org.freedesktop.DBus.Error.InvalidArgs", "")
+            if self.refuse_trust:
+                return Message.new_error(msg, "org.bluez.Error.Failed", "Not allowed")
+            self.trusted = value.signature == "b" and value.value is True
+            return Message.new_method_return(msg)
         if msg.interface == "org.bluez.Adapter1":
             if msg.member == "StartDiscovery":
                 asyncio.get_running_loop().call_later(0.3, setattr, self, "device_known", True)
@@ -465,45 +478,168 @@ def test_unattended_command_reloads_its_allow_list(bus_address):
     run_bounded(scenario, 10)
 
 
-def test_pair_command_bonds_a_configured_device_with_the_passkey(bus_address):
+@pytest.fixture
+def gateway_home(tmp_path: Path) -> Path:
+    """A provisioned gateway's data directory: its keys sign the event journal."""
+    from simulator.agent_home import provision_home
+
+    return provision_home(tmp_path / "data", "gw-1", [("ox-1", "p-0001")]).data_dir
+
+
+def events_of(home: Path, actor: str) -> "pairing_command.PairingEvents":
+    return pairing_command.PairingEvents.for_gateway("gw-1", home, home / "keys", actor)
+
+
+def journaled(data_dir: Path, prefix: str = "pairing.") -> list[tuple[str, str, str, dict]]:
+    """(kind, actor, subject, details) of the event journal's entries of `prefix` kinds,
+    after checking the whole journal verifies (chain and signed checkpoints)."""
+    from edge_agent.eventlog import EventLogFile
+
+    journal = EventLogFile.open_readonly(data_dir / "events.sqlite3")
+    try:
+        assert journal.verify().ok
+        return [(e.kind, e.actor, e.subject, dict(e.details)) for e in journal.entries()
+                if e.kind.startswith(prefix)]
+    finally:
+        journal.close()
+
+
+def test_unattended_decisions_are_recorded_in_the_event_journal(bus_address, gateway_home):
+    events = events_of(gateway_home, "ble-agent")
+
+    async def scenario():
+        bluez = await FakeBluez.start(bus_address)
+        stop = asyncio.Event()
+        serving = asyncio.ensure_future(pairing_command.serve_unattended(
+            bus_address, [METER], lambda: [METER], stop, events=events))
+        try:
+            await wait_for(lambda: bluez.default is not None)
+            assert error_of(await bluez.ask_default("RequestAuthorization")) is None
+            assert error_of(await bluez.ask_default("RequestAuthorization",
+                                                    STRANGER_PATH)) == ERROR_REJECTED
+            assert error_of(await bluez.ask_default("RequestPasskey")) == ERROR_REJECTED
+            for _ in range(5):  # a stranger retrying: counted, not written each time
+                await bluez.ask_default("RequestAuthorization", STRANGER_PATH)
+            assert error_of(await bluez.ask_default("RequestAuthorization",
+                                                    "/org/bluez/hci0")) == ERROR_REJECTED
+        finally:
+            stop.set()
+            await serving
+            bluez.stop()
+
+    run_bounded(scenario, 10)
+    assert journaled(gateway_home) == [
+        ("pairing.decision", "ble-agent", f"bluetooth:{METER}",
+         {"decision": "accepted", "method": "RequestAuthorization", "capability": JUST_WORKS,
+          "reason": "Just Works with a device configured for bonding"}),
+        ("pairing.decision", "ble-agent", "bluetooth:11:22:33:44:55:66",
+         {"decision": "refused", "method": "RequestAuthorization", "capability": JUST_WORKS,
+          "reason": "not configured for bonding"}),
+        ("pairing.decision", "ble-agent", f"bluetooth:{METER}",
+         {"decision": "refused", "method": "RequestPasskey", "capability": JUST_WORKS,
+          "reason": "passkey pairing needs a technician (vitalbridge ble pair)"}),
+        ("pairing.decision", "ble-agent", "bluetooth:unknown",
+         {"decision": "refused", "method": "RequestAuthorization", "capability": JUST_WORKS,
+          "reason": "not a BlueZ device object", "suppressed": 5}),
+    ]
+
+
+def test_repeated_decisions_are_counted_into_the_next_entry():
+    from edge_agent.ble.pairing_agent import PairingOutcome
+
+    written: list = []
+    now = [0.0]
+    events = pairing_command.PairingEvents(written.extend, "ble-agent", clock=lambda: now[0])
+    refused = PairingOutcome("RequestAuthorization", "11:22:33:44:55:66", False, "why",
+                             JUST_WORKS)
+    for _ in range(3):
+        events.decision(refused)
+    assert len(written) == 1 and events.suppressed == 2
+    now[0] = pairing_command.REPEAT_WINDOW_S  # the window has passed: written again
+    events.decision(refused)
+    assert len(written) == 2 and written[1][3]["suppressed"] == 2 and events.suppressed == 0
+    # Rotating addresses: at most MAX_PER_WINDOW entries per window, the rest counted.
+    for n in range(3 * pairing_command.MAX_PER_WINDOW):
+        events.decision(PairingOutcome("RequestAuthorization", f"02:00:00:00:{n // 256:02X}:"
+                                       f"{n % 256:02X}", False, "why", JUST_WORKS))
+    assert len(written) == 1 + pairing_command.MAX_PER_WINDOW
+    assert events.suppressed == 3 * pairing_command.MAX_PER_WINDOW - \
+        (pairing_command.MAX_PER_WINDOW - 1)
+
+
+def test_pair_command_bonds_trusts_and_journals_a_configured_device(bus_address,
+                                                                    gateway_home):
+    events = events_of(gateway_home, "technician:t-7")
+
     async def scenario():
         bluez = await FakeBluez.start(bus_address, pair_passkey=424242, known=False)
         try:
             outcome = await pairing_command.pair_device(
-                bus_address, METER, ScriptedTechnician(passkey=424242), timeout_s=5)
-            assert outcome == f"{METER} bonded" and bluez.paired
+                bus_address, METER, ScriptedTechnician(passkey=424242), timeout_s=5,
+                events=events)
+            assert outcome == f"{METER} bonded" and bluez.paired and bluez.trusted
             members = [member for _sender, member, _body in bluez.calls]
             assert members[:1] == ["RegisterAgent"] and "RequestDefaultAgent" not in members
             assert {"SetDiscoveryFilter", "StartDiscovery", "StopDiscovery", "Pair",
                     "UnregisterAgent"} <= set(members)
+            assert members.index("Set") > members.index("Pair")  # trusted once bonded
             assert bluez.agents == {}  # unregistered at the end
             again = await pairing_command.pair_device(
-                bus_address, METER, ScriptedTechnician(), timeout_s=5)
+                bus_address, METER, ScriptedTechnician(), timeout_s=5, events=events)
             assert "already bonded" in again
         finally:
             bluez.stop()
 
     run_bounded(scenario, 10)
+    subject = f"bluetooth:{METER}"
+    assert journaled(gateway_home) == [
+        ("pairing.decision", "technician:t-7", subject,
+         {"decision": "accepted", "method": "RequestPasskey", "capability": TECHNICIAN,
+          "reason": "passkey entered by the technician"}),
+        ("pairing.bond", "technician:t-7", subject,
+         {"outcome": "bonded", "adapter": "hci0", "trusted": "set"}),
+        ("pairing.bond", "technician:t-7", subject,
+         {"outcome": "already-bonded", "adapter": "hci0", "trusted": "already"}),
+    ]
+    assert "424242" not in str(journaled(gateway_home, ""))  # no passkey in the evidence
 
 
-def test_pair_command_reports_a_wrong_passkey_and_a_timeout(bus_address):
+def test_pair_command_reports_a_wrong_passkey_a_timeout_and_a_refused_trust(
+        bus_address, gateway_home):
+    events = events_of(gateway_home, "technician:t-7")
+
     async def scenario():
         bluez = await FakeBluez.start(bus_address, pair_passkey=424242)
         try:
             with pytest.raises(pairing_command.PairingFailed, match="AuthenticationFailed"):
                 await pairing_command.pair_device(bus_address, METER,
                                                   ScriptedTechnician(passkey=111111),
-                                                  timeout_s=5)
+                                                  timeout_s=5, events=events)
             assert not bluez.paired
             with pytest.raises(pairing_command.PairingFailed, match="timed out"):
                 await pairing_command.pair_device(bus_address, METER,
                                                   ScriptedTechnician(hang=True),
-                                                  timeout_s=0.5)
+                                                  timeout_s=0.5, events=events)
             assert bluez.calls[-2][1] == "CancelPairing"  # then UnregisterAgent
+            bluez.refuse_trust = True
+            with pytest.raises(pairing_command.PairingFailed, match="did not mark it trusted"):
+                await pairing_command.pair_device(bus_address, METER,
+                                                  ScriptedTechnician(passkey=424242),
+                                                  timeout_s=5, events=events)
+            assert bluez.paired and not bluez.trusted
         finally:
             bluez.stop()
 
     run_bounded(scenario, 10)
+    bonds = [(details["outcome"], details.get("trusted"))
+             for kind, _actor, _subject, details in journaled(gateway_home)
+             if kind == "pairing.bond"]
+    assert bonds == [("failed", None), ("timed-out", None), ("bonded", "failed")]
+    decisions = [details["decision"] for kind, _actor, _subject, details
+                 in journaled(gateway_home) if kind == "pairing.decision"]
+    # 111111 accepted by us (BlueZ then fails); the hung prompt: cancelled = refused; the
+    # third passkey entry repeats the first within a minute: counted, not written
+    assert decisions == ["accepted", "refused"] and events.suppressed == 1
 
 
 def test_pair_command_without_bluez_is_a_one_line_error(bus_address):
