@@ -1,5 +1,6 @@
-"""Chain of trust: the organisation CA (org_ca), private key files (keyfiles) and the broker's
-mosquitto configuration with its per-gateway ACL (mosquitto_config).
+"""Chain of trust: the organisation CA (org_ca), private key files (keyfiles), the broker's
+mosquitto configuration with its per-gateway ACL (mosquitto_config), the gateway <-> CA
+exchange files (exchange) and the CA's decision on a gateway request (gateway_policy).
 docs/keys-and-certificates.md describes the chain and the decisions.
 """
 

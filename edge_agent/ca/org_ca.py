@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edge_agent.ca import keyfiles
+from edge_agent.ca.gateway_policy import COMPROMISE_REASON, GatewayGeneration
 from protocol import crypto, cwt, topics
 from protocol.errors import ProtocolError, ValidationError
 
@@ -44,6 +45,8 @@ CRL_FILE = "crl.pem"
 STATE_FILE = "ca.json"
 
 DAY = cwt.DAY
+GATEWAY_CWT = "gateway-cwt"
+GATEWAY_TLS = "gateway-tls"
 # The MQTT user name (certificate CN) of the monitoring centre; no gateway may carry it.
 DEFAULT_CENTRE_NAME = "vb-centre"
 # X.509 validity starts a little in the past so a peer whose clock lags still accepts it.
@@ -53,7 +56,7 @@ ACCEPTED_CURVES = (ec.SECP256R1, ec.SECP384R1)
 
 REVOCATION_REASONS = {
     "unspecified": x509.ReasonFlags.unspecified,
-    "key-compromise": x509.ReasonFlags.key_compromise,
+    COMPROMISE_REASON: x509.ReasonFlags.key_compromise,
     "superseded": x509.ReasonFlags.superseded,
     "cessation-of-operation": x509.ReasonFlags.cessation_of_operation,
     "affiliation-changed": x509.ReasonFlags.affiliation_changed,
@@ -71,6 +74,10 @@ class IssuedRecord:
     kind: str  # gateway-cwt | gateway-tls | centre-tls | broker-tls
     issued_at: int
     not_after: int
+    # Gateway certificates issued from a request file (absent in records written before
+    # renewals were countersigned): SHA-256 of the request and of the certificate, hex.
+    request_digest: str | None = None
+    digest: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,10 +253,33 @@ class OrgCA:
         return [RevokedRecord(**r) for r in self._state["revoked"]]
 
     def _record_issue(self, serial: str, common_name: str, kind: str, now: int,
-                      not_after: int) -> None:
-        self._state["issued"].append({"serial": serial, "common_name": common_name,
-                                      "kind": kind, "issued_at": now, "not_after": not_after})
+                      not_after: int, certificate: bytes,
+                      request_digest: bytes | None = None) -> None:
+        record: dict[str, Any] = {"serial": serial, "common_name": common_name, "kind": kind,
+                                  "issued_at": now, "not_after": not_after,
+                                  "digest": crypto.sha256(certificate).hex()}
+        if request_digest is not None:
+            record["request_digest"] = bytes(request_digest).hex()
+        self._state["issued"].append(record)
         self._save_state()
+
+    def gateway_generation(self, gateway_id: str) -> GatewayGeneration | None:
+        """The certificates last issued to `gateway_id`: its newest CWT and the TLS
+        certificate issued from the same request (None for a CWT issued without one)."""
+        cwts = [r for r in self.issued() if r.kind == GATEWAY_CWT and r.common_name == gateway_id]
+        if not cwts:
+            return None
+        last = cwts[-1]
+        tls = [r for r in self.issued() if r.kind == GATEWAY_TLS and r.common_name == gateway_id
+               and last.request_digest is not None and r.request_digest == last.request_digest]
+        tls_serial = tls[-1].serial if tls else None
+        reasons = {r.serial: r.reason for r in self.revoked()}
+        # a compromise of either certificate outranks any other reason
+        found = [reasons[s] for s in (last.serial, tls_serial) if s in reasons]
+        revocation = (COMPROMISE_REASON if COMPROMISE_REASON in found
+                      else found[0] if found else None)
+        return GatewayGeneration(gateway_id, last.serial, tls_serial, last.issued_at,
+                                 last.not_after, last.request_digest, revocation)
 
     def _window(self, now: int, lifetime_days: int) -> tuple[int, int]:
         _seconds("now", now)
@@ -265,9 +295,10 @@ class OrgCA:
 
     def issue_gateway_certificate(self, gateway_id: str, public_key: bytes,
                                   agreement_key: bytes, *, now: int, lifetime_days: int = 365,
-                                  model: str | None = None,
-                                  serial: str | None = None) -> bytes:
-        """A gateway CWT (role gateway) for keys the gateway generated and proved it holds."""
+                                  model: str | None = None, serial: str | None = None,
+                                  request_digest: bytes | None = None) -> bytes:
+        """A gateway CWT (role gateway) for keys the gateway generated and proved it holds.
+        `request_digest` links it to the request file (and so to its TLS certificate)."""
         self._check_gateway_name(gateway_id)
         not_before, expires = self._window(now, lifetime_days)
         try:
@@ -276,8 +307,8 @@ class OrgCA:
                                         role="gateway", model=model, serial=serial)
         except ProtocolError as exc:
             raise CAError("certificate", str(exc)) from None
-        self._record_issue(cwt.parse_cwt(certificate).cti.hex(), gateway_id, "gateway-cwt",
-                           now, expires)
+        self._record_issue(cwt.parse_cwt(certificate).cti.hex(), gateway_id, GATEWAY_CWT,
+                           now, expires, certificate, request_digest)
         return certificate
 
     def _check_gateway_name(self, gateway_id: str) -> None:
@@ -289,10 +320,12 @@ class OrgCA:
     # -- X.509 ----------------------------------------------------------------------------
 
     def issue_gateway_tls(self, request_pem: bytes, gateway_id: str, *, now: int,
-                          lifetime_days: int = 365) -> bytes:
+                          lifetime_days: int = 365,
+                          request_digest: bytes | None = None) -> bytes:
         """A broker client certificate for a gateway: CN = gateway id = MQTT user name."""
         self._check_gateway_name(gateway_id)
-        return self._issue_client(request_pem, gateway_id, "gateway-tls", now, lifetime_days)
+        return self._issue_client(request_pem, gateway_id, GATEWAY_TLS, now, lifetime_days,
+                                  request_digest)
 
     def issue_centre_tls(self, request_pem: bytes, *, now: int,
                          lifetime_days: int = 365) -> bytes:
@@ -301,13 +334,13 @@ class OrgCA:
                                   lifetime_days)
 
     def _issue_client(self, request_pem: bytes, common_name: str, kind: str, now: int,
-                      lifetime_days: int) -> bytes:
+                      lifetime_days: int, request_digest: bytes | None = None) -> bytes:
         csr = load_request(request_pem)
         if _request_cn(csr) != common_name:
             raise CAError("request", f"asks for CN {_request_cn(csr)!r}, expected "
                           f"{common_name!r}; generate the request on that machine with its id")
         return self._sign(csr, common_name, kind, now, lifetime_days,
-                          ExtendedKeyUsageOID.CLIENT_AUTH, ())
+                          ExtendedKeyUsageOID.CLIENT_AUTH, (), request_digest)
 
     def issue_broker_tls(self, request_pem: bytes, *, hostnames: Sequence[str] = (),
                          ip_addresses: Sequence[str] = (), now: int,
@@ -328,7 +361,8 @@ class OrgCA:
 
     def _sign(self, csr: x509.CertificateSigningRequest, common_name: str, kind: str, now: int,
               lifetime_days: int, usage: x509.ObjectIdentifier,
-              alt_names: Sequence[x509.GeneralName]) -> bytes:
+              alt_names: Sequence[x509.GeneralName],
+              request_digest: bytes | None = None) -> bytes:
         not_before, expires = self._window(now, lifetime_days)
         ca_key_id = x509.AuthorityKeyIdentifier.from_issuer_public_key(self._tls_key.public_key())
         builder = (
@@ -353,8 +387,10 @@ class OrgCA:
             builder = builder.add_extension(x509.SubjectAlternativeName(list(alt_names)),
                                             critical=False)
         cert = builder.sign(self._tls_key, hashes.SHA256())
-        self._record_issue(format(cert.serial_number, "x"), common_name, kind, now, expires)
-        return cert.public_bytes(serialization.Encoding.PEM)
+        pem = cert.public_bytes(serialization.Encoding.PEM)
+        self._record_issue(format(cert.serial_number, "x"), common_name, kind, now, expires,
+                           pem, request_digest)
+        return pem
 
     # -- revocation -----------------------------------------------------------------------
 
@@ -377,6 +413,35 @@ class OrgCA:
         self._save_state()
         return serial
 
+    def revoke_gateway(self, gateway_id: str, *, now: int,
+                       reason: str = "unspecified") -> list[IssuedRecord]:
+        """Revoke the gateway's current generation (its CWT and the TLS certificate issued
+        with it) -> the records revoked now. A "key-compromise" revocation also stops that
+        key from countersigning a renewal. Write the CRL and reload the broker after it."""
+        generation = self.gateway_generation(gateway_id)
+        if generation is None:
+            raise CAError("gateway_id", f"CA {self.name!r} has issued no certificate to "
+                          f"{gateway_id!r}")
+        return self.revoke_generation(generation, now=now, reason=reason)
+
+    def revoke_generation(self, generation: GatewayGeneration, *, now: int,
+                          reason: str) -> list[IssuedRecord]:
+        """Revoke what of `generation` is not revoked yet -> the records revoked now."""
+        _seconds("now", now)
+        if reason not in REVOCATION_REASONS:
+            raise CAError("reason", f"must be one of {', '.join(REVOCATION_REASONS)}")
+        revoked = {r["serial"] for r in self._state["revoked"]}
+        wanted = {generation.cwt_serial, generation.tls_serial} - revoked
+        records = [r for r in self.issued() if r.serial in wanted]
+        if not records:
+            raise CAError("gateway_id", f"{generation.gateway_id!r}'s current certificates "
+                          "are already revoked")
+        for record in records:
+            self._state["revoked"].append({"serial": record.serial, "at": now,
+                                           "reason": reason})
+        self._save_state()
+        return records
+
     def crl(self, now: int, *, validity_days: int = DEFAULT_CRL_DAYS) -> bytes:
         """A signed CRL (PEM) of every revoked serial, valid for `validity_days`. Peers
         (OpenSSL in mosquitto) refuse ALL clients once it passes next_update: regenerate it
@@ -392,7 +457,10 @@ class OrgCA:
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                 self._tls_key.public_key()), critical=False)
         )
+        x509_serials = {r["serial"] for r in self._state["issued"] if r["kind"] != GATEWAY_CWT}
         for entry in self._state["revoked"]:
+            if entry["serial"] not in x509_serials:  # a CWT serial: not on the X.509 CRL
+                continue
             builder = builder.add_revoked_certificate(
                 x509.RevokedCertificateBuilder()
                 .serial_number(int(entry["serial"], 16))

@@ -1,147 +1,191 @@
 """`vitalbridge ca`: the organisation CA for labs and tests, and the CA's half of gateway
-enrollment.
+enrollment and renewal.
 
   vitalbridge ca init --dir DIR [--org NAME] [--lifetime-days N] [--json]
-  vitalbridge ca sign-request REQUEST --dir DIR --out RESPONSE [--lifetime-days N] [--json]
+  vitalbridge ca sign-request REQUEST --dir DIR --out RESPONSE [--lifetime-days N]
+                              [--replace --reason TEXT] [--actor NAME] [--json]
+  vitalbridge ca revoke-gateway GW --dir DIR --reason CODE [--note TEXT] [--actor NAME] [--json]
 
 `init` creates a CA directory (edge_agent.ca.org_ca). In production the CA lives on its own
 host and only ca.cwt leaves it; a gateway provisioned with `--ca-cert ca.cwt` writes a signed
 request file, the CA signs it with `sign-request`, and the gateway installs the response with
-`vitalbridge gateway install-cert`.
+`vitalbridge gateway install-cert`. `gateway renew` writes a renewal file countersigned by
+the gateway's current key; `sign-request` reads both kinds (edge_agent.ca.exchange).
 
-Exchange files (docs/technician-cli.md):
-  request  = COSE_Sign1 by the gateway's NEW Ed25519 key (kid = its key id, external AAD
-             "vitalbridge gateway request v1") over CBOR
-             {0: 1, 1: gateway id, 2: Ed25519 public, 3: X25519 public, 4: PKCS#10 PEM, 5: time}
-             The signature proves possession of the signing key; the PKCS#10 request's own
-             signature that of the TLS key.
-  response = COSE_Sign1 by the organisation CA key (AAD "vitalbridge gateway certificate v1")
-             over CBOR {0: 1, 1: gateway id, 2: gateway CWT, 3: TLS client certificate PEM,
-             4: TLS CA certificate PEM, 5: SHA-256 of the request file}
-             Signed as a whole, so the TLS CA certificate it carries is as trustworthy as the
-             CA certificate the gateway installed at provisioning.
+The CA keeps one valid certificate generation per gateway id (edge_agent.ca.gateway_policy):
+a plain request for an id that holds a valid certificate is refused unless `--replace`
+(which revokes that generation); a renewal needs the countersignature of the id's current,
+unexpired, unrevoked key. Every decision is journaled in the CA's own event journal
+(events.sqlite3 in the CA directory, signed by the CA key) with the technician's name.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from edge_agent.ca.exchange import (  # noqa: F401 - the exchange API, re-exported
+    MAX_EXCHANGE,
+    GatewayRequest,
+    GatewayResponse,
+    make_gateway_request,
+    make_renewal_request,
+    read_gateway_request,
+    read_gateway_response,
+)
 from edge_agent.cli import CommandError
 from edge_agent.commands import common
 
-REQUEST_AAD = b"vitalbridge gateway request v1"
-RESPONSE_AAD = b"vitalbridge gateway certificate v1"
-EXCHANGE_VERSION = 1
-MAX_EXCHANGE = 16384
-MAX_PEM = 8192
 DEFAULT_ORG = "VitalBridge Lab CA"
+CA_EVENTS_FILE = common.EVENTS_FILE
 
-Q_ID, Q_SIGN_KEY, Q_AGREE_KEY, Q_CSR, Q_TIME = 1, 2, 3, 4, 5
-A_ID, A_CWT, A_TLS, A_TLS_CA, A_REQUEST = 1, 2, 3, 4, 5
-
-
-# -- exchange files -----------------------------------------------------------------------
+Entry = tuple[str, str, str, dict[str, Any]]
 
 
-@dataclass(frozen=True, slots=True)
-class GatewayRequest:
-    gateway_id: str
-    public_key: bytes
-    agreement_key: bytes
-    csr_pem: bytes
-    time: int
-    raw: bytes
+# -- the CA's half of enrollment ------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class GatewayResponse:
-    gateway_id: str
-    certificate: bytes  # gateway CWT
-    tls_certificate_pem: bytes
-    tls_ca_pem: bytes
-    request_digest: bytes
+def sign_gateway_request(ca_dir: Path, request_bytes: bytes, now: int, lifetime_days: int,
+                         *, actor: str, replace: bool = False,
+                         note: str | None = None) -> tuple[GatewayRequest, bytes]:
+    """The CA's side: check the request, decide (gateway_policy), issue the gateway CWT and
+    TLS client certificate, and return (request, response file bytes) signed by the CA key.
+    Every decision, refusals included, goes to the CA's event journal; a refusal raises
+    CAError (field "request") saying why and what to do."""
+    from edge_agent.ca import exchange, gateway_policy, keyfiles, org_ca
+    from protocol import crypto
+    from protocol.errors import ProtocolError
 
-
-def make_gateway_request(gateway_id: str, seed: bytes, agreement_public: bytes,
-                         csr_pem: bytes, now: int) -> bytes:
-    """The request file, signed by the gateway's new key (proof of possession)."""
-    from protocol import cbor, cose, crypto
-
-    public = crypto.ed25519_public_key(seed)
-    claims = {0: EXCHANGE_VERSION, Q_ID: gateway_id, Q_SIGN_KEY: public,
-              Q_AGREE_KEY: agreement_public, Q_CSR: csr_pem, Q_TIME: now}
-    return cose.sign1_create(seed, cbor.dumps(claims), kid=cose.key_id(public),
-                             external_aad=REQUEST_AAD)
-
-
-def _claims(payload: bytes | None, labels: tuple[int, ...], what: str) -> dict[int, object]:
-    from protocol import cbor, enrollment
-    from protocol.errors import SealError
-
-    if payload is None:
-        raise SealError(f"{what}: payload is detached")
-    body = enrollment.body_map(cbor.loads(payload, max_size=MAX_EXCHANGE), (0, *labels), what,
-                               EXCHANGE_VERSION)
-    for label in labels:
-        enrollment.required(body, label, str(label), what)
-    return body
-
-
-def read_gateway_request(data: bytes) -> GatewayRequest:
-    """Parse a request file and check its proof of possession. ProtocolError if it fails."""
-    from protocol import cose, enrollment, topics
-    from protocol.checks import fixed_bytes
-
-    msg = cose.sign1_parse(data, MAX_EXCHANGE)
-    body = _claims(msg.payload, (Q_ID, Q_SIGN_KEY, Q_AGREE_KEY, Q_CSR, Q_TIME), "request")
-    public = fixed_bytes("public_key", body[Q_SIGN_KEY], 32)
-    cose.sign1_verify(public, data, external_aad=REQUEST_AAD, kid=cose.key_id(public),
-                      max_size=MAX_EXCHANGE)
-    return GatewayRequest(
-        topics.check_id("gateway_id", body[Q_ID]), public,
-        fixed_bytes("agreement_key", body[Q_AGREE_KEY], 32),
-        enrollment.bytes_field("csr", body[Q_CSR], MAX_PEM),
-        enrollment.uint_field("time", body[Q_TIME], enrollment.MAX_TIME), bytes(data))
-
-
-def sign_gateway_request(ca_dir: Path, request_bytes: bytes, now: int,
-                         lifetime_days: int) -> tuple[GatewayRequest, bytes]:
-    """The CA's side: check the request, issue the gateway CWT and TLS client certificate,
-    and return (request, response file bytes) signed by the CA key."""
-    from edge_agent.ca import keyfiles, org_ca
-    from protocol import cbor, cose, crypto
-
+    if note is not None:  # refused now, not after the certificates were issued
+        common.check_entries(_revoked_entries(actor, "x", ["0" * 64], "superseded",
+                                              f"replaced: {note}"))
     ca = org_ca.OrgCA.load(ca_dir)
-    request = read_gateway_request(request_bytes)
-    certificate = ca.issue_gateway_certificate(request.gateway_id, request.public_key,
-                                               request.agreement_key, now=now,
-                                               lifetime_days=lifetime_days)
-    tls = ca.issue_gateway_tls(request.csr_pem, request.gateway_id, now=now,
-                               lifetime_days=lifetime_days)
+    digest = crypto.sha256(request_bytes)
     seed = keyfiles.load_ed25519_seed(ca.directory / org_ca.SIGNING_KEY_FILE)
-    body = {0: EXCHANGE_VERSION, A_ID: request.gateway_id, A_CWT: certificate, A_TLS: tls,
-            A_TLS_CA: ca.tls_certificate_pem, A_REQUEST: crypto.sha256(request_bytes)}
-    response = cose.sign1_create(seed, cbor.dumps(body), kid=cose.key_id(ca.public_key),
-                                 external_aad=RESPONSE_AAD)
+    try:
+        request = read_gateway_request(request_bytes)
+    except ProtocolError as exc:
+        _journal_ca(ca, seed, [_decision_entry(actor, None, digest, None, False,
+                                               f"unreadable or forged request: {exc}")], now)
+        raise org_ca.CAError("request", f"{exc}; ask the gateway for its request file again "
+                             "(certs/gateway-request.cose or certs/gateway-renewal.cose)"
+                             ) from None
+    decision = gateway_policy.decide(request, ca.gateway_generation(request.gateway_id),
+                                     ca_public=ca.public_key, ca_name=ca.name, now=now,
+                                     replace=replace)
+    if decision.accepted and decision.mode == gateway_policy.REPLACEMENT and not note:
+        decision = gateway_policy.Decision(False, decision.mode, "--replace needs --reason",
+                                           decision.supersedes, "say why the gateway is "
+                                           "replaced (journaled)")
+    if not decision.accepted:
+        _journal_ca(ca, seed, [_decision_entry(actor, request, digest, decision.mode, False,
+                                               decision.reason)], now)
+        raise org_ca.CAError("request", f"refused: {decision.message}")
+    try:  # TLS first: a bad CSR must not leave a new "current" CWT behind
+        tls = ca.issue_gateway_tls(request.csr_pem, request.gateway_id, now=now,
+                                   lifetime_days=lifetime_days, request_digest=digest)
+        certificate = ca.issue_gateway_certificate(
+            request.gateway_id, request.public_key, request.agreement_key, now=now,
+            lifetime_days=lifetime_days, request_digest=digest)
+    except (ProtocolError, org_ca.CAError) as exc:
+        _journal_ca(ca, seed, [_decision_entry(actor, request, digest, decision.mode, False,
+                                               f"issuing failed: {exc}"[:200])], now)
+        raise
+    entries = [_decision_entry(actor, request, digest, decision.mode, True, decision.reason,
+                               decision.supersedes)]
+    entries += _issued_entries(ca, actor, request, certificate, tls)
+    if decision.mode == gateway_policy.REPLACEMENT:
+        revoked = ca.revoke_generation(decision.supersedes, now=now, reason="superseded")
+        ca.write_crl(now)
+        entries += _revoked_entries(actor, request.gateway_id, [r.digest for r in revoked],
+                                    "superseded", f"replaced: {note}")
+    elif decision.mode == gateway_policy.RENEWAL and request.current_certificate is not None:
+        entries.append(("certificate.renewal", actor, f"gateway:{request.gateway_id}",
+                         {"cert_digest": common.digest_hex(request.current_certificate.raw),
+                          "new_cert_digest": common.digest_hex(certificate),
+                          "subject_id": request.gateway_id}))
+    _journal_ca(ca, seed, entries, now)
+    response = exchange.make_gateway_response(seed, request.gateway_id, certificate, tls,
+                                              ca.tls_certificate_pem, request_bytes)
     return request, response
 
 
-def read_gateway_response(data: bytes, ca_public: bytes) -> GatewayResponse:
-    """Verify a response file against the organisation CA key. ProtocolError if it fails."""
-    from protocol import cose, enrollment, topics
-    from protocol.checks import fixed_bytes
+def _decision_entry(actor: str, request: GatewayRequest | None, digest: bytes,
+                    mode: str | None, accepted: bool, reason: str,
+                    supersedes: Any = None) -> Entry:
+    from protocol import cose
 
-    msg = cose.sign1_verify(ca_public, data, external_aad=RESPONSE_AAD,
-                            kid=cose.key_id(ca_public), max_size=MAX_EXCHANGE)
-    body = _claims(msg.payload, (A_ID, A_CWT, A_TLS, A_TLS_CA, A_REQUEST), "response")
-    return GatewayResponse(
-        topics.check_id("gateway_id", body[A_ID]),
-        enrollment.bytes_field("certificate", body[A_CWT], enrollment.MAX_CERTIFICATE),
-        enrollment.bytes_field("tls_certificate", body[A_TLS], MAX_PEM),
-        enrollment.bytes_field("tls_ca", body[A_TLS_CA], MAX_PEM),
-        fixed_bytes("request_digest", body[A_REQUEST], 32))
+    details: dict[str, Any] = {"decision": "accepted" if accepted else "refused",
+                               "request_digest": digest.hex(), "reason": reason[:200]}
+    if mode is not None:
+        details["mode"] = mode
+    if supersedes is not None:
+        details["supersedes"] = supersedes.cwt_serial
+    if request is None:
+        return "certificate.request", actor, f"request:{digest.hex()[:16]}", details
+    details["subject_id"] = request.gateway_id
+    details["key_id"] = cose.key_id(request.public_key).hex()
+    if request.countersigner_kid is not None:
+        details["countersigned_by"] = request.countersigner_kid.hex()
+    return "certificate.request", actor, f"gateway:{request.gateway_id}", details
+
+
+def _issued_entries(ca: Any, actor: str, request: GatewayRequest, certificate: bytes,
+                    tls_pem: bytes) -> list[Entry]:
+    from cryptography import x509
+
+    from edge_agent.registry import tls_key_id
+    from protocol import cwt
+
+    cert = cwt.parse_cwt(certificate)
+    tls = x509.load_pem_x509_certificate(tls_pem)
+    issuer = common.as_ident(ca.name)
+    subject = f"gateway:{request.gateway_id}"
+    return [
+        ("certificate.issued", actor, subject,
+         {"cert_digest": common.digest_hex(certificate), "subject_id": request.gateway_id,
+          "issuer": issuer, "key_id": cert.key_id.hex(), "not_before": cert.not_before,
+          "expires": cert.expires, "role": "gateway"}),
+        ("certificate.issued", actor, subject,
+         {"cert_digest": common.digest_hex(tls_pem), "subject_id": request.gateway_id,
+          "issuer": issuer, "key_id": tls_key_id(tls),
+          "not_before": int(tls.not_valid_before_utc.timestamp()),
+          "expires": int(tls.not_valid_after_utc.timestamp()), "role": "gateway"}),
+    ]
+
+
+def _revoked_entries(actor: str, gateway_id: str, digests: list[str | None], code: str,
+                     why: str) -> list[Entry]:
+    """One entry per revoked certificate (by its digest; records older than the digest
+    field are skipped)."""
+    from edge_agent.ca import gateway_policy
+
+    kind = ("certificate.compromised" if code == gateway_policy.COMPROMISE_REASON
+            else "certificate.revoked")
+    return [(kind, actor, f"gateway:{gateway_id}",
+             {"cert_digest": digest, "subject_id": gateway_id,
+              "reason": f"{code}: {why}"[:200].rstrip()})
+            for digest in digests if digest is not None]
+
+
+def _journal_ca(ca: Any, seed: bytes, entries: list[Entry], now: int) -> None:
+    """Append to the CA's event journal (events.sqlite3 in the CA directory, signed by
+    the CA key, owner = the CA's name as an identifier)."""
+    from edge_agent.eventlog import EventLog
+    from edge_agent.journal.schema import SchemaError
+
+    try:
+        log = EventLog.open(ca.directory / CA_EVENTS_FILE, common.as_ident(ca.name), seed,
+                            certificate=ca.certificate)
+    except SchemaError as exc:
+        raise CommandError(f"CA event journal: {exc}") from None
+    try:
+        with log.batch():
+            for kind, who, subject, details in entries:
+                log.append(kind, who, subject, details, at=now)
+    finally:
+        log.close()
 
 
 def read_file(option: str, path: str, limit: int = MAX_EXCHANGE) -> bytes:
@@ -175,6 +219,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     sign.add_argument("--out", required=True, help="response file to write for the gateway")
     sign.add_argument("--lifetime-days", type=int, default=365,
                       help="certificate lifetime (default 365)")
+    sign.add_argument("--replace", action="store_true",
+                      help="the gateway id already holds a valid certificate and this plain "
+                      "request replaces it (a gateway that lost its keys): its current "
+                      "certificates are revoked as superseded; needs --reason")
+    sign.add_argument("--reason", dest="note", help="why the gateway is replaced (journaled)")
+    common.add_actor(sign)
+
+    revoke = common.action(actions, "revoke-gateway", "revoke a gateway's current "
+                           "certificates (CWT and TLS) and write the CRL", run_revoke,
+                           data_dir=False, actor=True)
+    revoke.add_argument("gateway_id", metavar="GW", help="the gateway id")
+    revoke.add_argument("--dir", required=True, help="the CA directory")
+    revoke.add_argument("--reason", required=True, choices=sorted(REVOCATION_CODES),
+                        help="revocation reason; key-compromise also bars its key from "
+                        "countersigning a renewal (the gateway is provisioned again)")
+    revoke.add_argument("--note", help="free text for the journal (no patient data)")
 
 
 def run_init(args: argparse.Namespace) -> int:
@@ -207,12 +267,45 @@ def run_sign(args: argparse.Namespace) -> int:
     request_bytes = read_file("REQUEST", args.request)
     if Path(args.out).exists():
         raise CommandError(f"--out {args.out} already exists; choose a new file name")
+    if args.note is not None and not args.replace:
+        raise CommandError("--reason goes with --replace")
+    who = common.actor(args)
     with common.refusals():
         request, response = sign_gateway_request(Path(args.dir), request_bytes, common.now(),
-                                                 args.lifetime_days)
+                                                 args.lifetime_days, actor=who,
+                                                 replace=args.replace, note=args.note)
         keyfiles.write_public(Path(args.out), response, replace=False)
+    install = "gateway renew --response" if request.is_renewal else "gateway install-cert"
     result = {"gateway_id": request.gateway_id, "response": args.out,
+              "request": "renewal" if request.is_renewal else "provisioning",
               "requested_at": common.iso(request.time)}
-    common.output(args, result, f"[green]signed[/] gateway [bold]{request.gateway_id}[/]: "
-                  f"give {args.out} to the technician (`gateway install-cert`)")
+    common.output(args, result, f"[green]signed[/] gateway [bold]{request.gateway_id}[/] "
+                  f"({result['request']}): give {args.out} to the technician (`{install}`)")
+    return 0
+
+
+REVOCATION_CODES = ("unspecified", "key-compromise", "superseded", "cessation-of-operation",
+                    "affiliation-changed")
+
+
+def run_revoke(args: argparse.Namespace) -> int:
+    from edge_agent.ca import keyfiles, org_ca
+
+    who = common.actor(args)
+    now = common.now()
+    note = args.note or "revoked at the CA"
+    common.check_entries(_revoked_entries(who, "x", ["0" * 64], args.reason, note))
+    with common.refusals():
+        ca = org_ca.OrgCA.load(args.dir)
+        seed = keyfiles.load_ed25519_seed(ca.directory / org_ca.SIGNING_KEY_FILE)
+        revoked = ca.revoke_gateway(args.gateway_id, now=now, reason=args.reason)
+        crl = ca.write_crl(now)
+        _journal_ca(ca, seed, _revoked_entries(who, args.gateway_id,
+                                               [r.digest for r in revoked], args.reason,
+                                               note), now)
+    result = {"gateway_id": args.gateway_id, "reason": args.reason,
+              "revoked_serials": [r.serial for r in revoked], "crl": str(crl)}
+    common.output(args, result, f"[yellow]revoked[/] {len(revoked)} certificates of gateway "
+                  f"[bold]{args.gateway_id}[/] ({args.reason}); CRL written to {crl}: copy it "
+                  "to the broker and restart the broker (a reload keeps live connections)")
     return 0

@@ -7,6 +7,10 @@
   vitalbridge gateway renew [--ca-dir DIR | --response FILE] [--force] [--actor NAME] [--json]
   vitalbridge gateway verify-reseals [--data-dir DIR] [--json]
 
+renew writes certs/gateway-renewal.cose: the new keys' request countersigned by the current
+key (the CA accepts a renewal only so); once the current certificate has expired it cannot
+countersign, and the request goes to the CA as a new provisioning of the same id.
+
 provision generates the gateway's keys HERE (Ed25519 signing, X25519 agreement, P-256 for
 the broker's TLS), into 0600 files in a 0700 directory, and writes a request signed with
 them. With --ca-dir (labs, tests) the CA directory is on this machine: the request is signed
@@ -177,9 +181,16 @@ def run_provision(args: argparse.Namespace) -> int:
             from edge_agent.commands.ca import sign_gateway_request
 
             step("signing with the lab CA")
-            with common.refusals():
-                _, response = sign_gateway_request(Path(args.ca_dir), request, now,
-                                                   args.lifetime_days)
+            try:
+                with common.refusals():
+                    _, response = sign_gateway_request(Path(args.ca_dir), request, now,
+                                                       args.lifetime_days, actor=who)
+            except CommandError as exc:
+                raise CommandError(
+                    f"{exc}\n  the keys and the request stay in {directory}: after the CA "
+                    f"decides, sign {common.CERTS_DIR}/{common.REQUEST_FILE} with `vitalbridge "
+                    "ca sign-request` and run `vitalbridge gateway install-cert`",
+                    exc.status) from None
             step("installing certificates and broker settings")
             result = install_response(identity, response, who, now)
     if args.json:
@@ -464,13 +475,14 @@ def run_renew(args: argparse.Namespace) -> int:
     certs = directory / common.CERTS_DIR
     if args.response is None:
         _renewal_refusal(directory, identity.gateway_id, now, args.force)
-        request = _new_pending_keys(identity, who, now)
+        request, countersigned = _new_pending_keys(identity, who, now)
+        kind = _request_kind(countersigned)
         if args.ca_dir is None:
             result = {"gateway_id": identity.gateway_id, "state": "awaiting-certificate",
-                      "request": str(certs / RENEWAL_REQUEST)}
+                      "request": str(certs / RENEWAL_REQUEST), "request_kind": kind}
             common.output(args, result,
                           f"[yellow]gateway {identity.gateway_id}: new keys generated, "
-                          "waiting for certificates.[/]",
+                          "waiting for certificates.[/]", _request_note(countersigned),
                           f"  1. take {result['request']} to the CA: `vitalbridge ca "
                           f"sign-request {result['request']} --dir CA --out renewal.response`",
                           "  2. run `vitalbridge gateway renew --response renewal.response`")
@@ -479,11 +491,13 @@ def run_renew(args: argparse.Namespace) -> int:
 
         with common.refusals():
             _, response = sign_gateway_request(Path(args.ca_dir), request, now,
-                                               args.lifetime_days)
+                                               args.lifetime_days, actor=who)
     else:
         response = read_file("--response", args.response)
     result = install_renewal(identity, response, who, now, force=True if args.response
                              else args.force)
+    if args.response is None:
+        result["request_kind"] = kind
     if args.json:
         common.print_json(result)
         return 0
@@ -500,13 +514,28 @@ def run_renew(args: argparse.Namespace) -> int:
     return 0
 
 
-def _new_pending_keys(identity: common.GatewayIdentity, who: str, now: int) -> bytes:
-    """New keys in keys/pending/ and the request signed with them (certs/gateway-renewal)."""
-    from edge_agent.ca import keyfiles, org_ca
-    from edge_agent.commands.ca import make_gateway_request
-    from edge_agent.lifecycle import gateway_keys
-    from protocol import crypto
+def _request_kind(countersigned: bool) -> str:
+    return "renewal" if countersigned else "provisioning"
 
+
+def _request_note(countersigned: bool) -> str:
+    if countersigned:
+        return "  the request is countersigned by the current gateway key"
+    return ("  [yellow]the current certificate has expired: an expired key cannot countersign, "
+            "so the CA treats this request as a new provisioning of this gateway id[/]")
+
+
+def _new_pending_keys(identity: common.GatewayIdentity, who: str,
+                      now: int) -> tuple[bytes, bool]:
+    """New keys in keys/pending/ and the request signed with them (certs/gateway-renewal),
+    countersigned by the current key while its certificate is unexpired -> (request bytes,
+    countersigned)."""
+    from edge_agent.ca import exchange, keyfiles, org_ca
+    from edge_agent.lifecycle import gateway_keys
+    from protocol import crypto, cwt
+
+    current_cert = identity.certificate()
+    countersign = now < cwt.parse_cwt(current_cert).expires
     keys_dir = identity.path(common.KEYS_DIR)
     with common.refusals():
         pending = gateway_keys.pending_dir(keys_dir)
@@ -518,13 +547,20 @@ def _new_pending_keys(identity: common.GatewayIdentity, who: str, now: int) -> b
         keyfiles.save_x25519_private(pending / common.AGREEMENT_KEY, agreement, replace=True)
         keyfiles.save_private_key(pending / common.BROKER_KEY, tls_key, replace=True)
         csr = org_ca.tls_request(identity.gateway_id, tls_key)
-        request = make_gateway_request(identity.gateway_id, seed,
-                                       crypto.x25519_public_key(agreement), csr, now)
-        keyfiles.write_public(identity.path(common.CERTS_DIR, RENEWAL_REQUEST), request)
+        agreement_public = crypto.x25519_public_key(agreement)
+        if countersign:
+            request = exchange.make_renewal_request(identity.gateway_id, seed,
+                                                    agreement_public, csr, now,
+                                                    identity.seed, current_cert)
+        else:
+            request = exchange.make_gateway_request(identity.gateway_id, seed,
+                                                    agreement_public, csr, now)
+        keyfiles.write_public(identity.path(common.CERTS_DIR, RENEWAL_REQUEST), request,
+                              replace=True)
     pending_identity = common.GatewayIdentity(identity.directory, identity.gateway_id,
                                               "pending", seed, agreement)
     common.journal(identity, _generated_entries(pending_identity, tls_key, who), at=now)
-    return request
+    return request, countersign
 
 
 def install_renewal(identity: common.GatewayIdentity, response: bytes, who: str, now: int,

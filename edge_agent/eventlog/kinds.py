@@ -236,6 +236,11 @@ _kind("certificate.compromised", "a certificate whose key is known or suspected 
       {"cert_digest": DIGEST, "subject_id": IDENT, "reason": TEXT})
 _kind("certificate.expired", "a certificate reached its expiry",
       {"cert_digest": DIGEST, "subject_id": IDENT})
+# The CA's decision on a gateway's certificate request (`ca sign-request`, the CA's journal).
+_kind("certificate.request", "the CA accepted or refused a gateway's certificate request",
+      {"decision": _enum("accepted", "refused"), "request_digest": DIGEST, "reason": TEXT},
+      {"subject_id": IDENT, "mode": _enum("provisioning", "renewal", "replacement"),
+       "key_id": KID, "countersigned_by": KID, "supersedes": IDENT})
 
 # Alarm closed loop (edge_agent.alarms.lifecycle step kinds). Never the measured value.
 _ALARM_REQUIRED = {"alarm_id": IDENT, "grade": GRADE}
