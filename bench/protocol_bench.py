@@ -8,24 +8,33 @@
 2. MicroPython unix port: per-reading MAC seal cost and the checkpoint signature cost
    (bench/mpy_protocol_bench.py run by the real `micropython` binary).
 3. Bytes per reading in a sealed batch of 10, against the same readings as SenML JSON.
+4. CPython: microseconds to verify a sealed batch of 10 readings as the agent does
+   (`Verifier.handle`), the code before the session-3 verification pass (OLD, copied at
+   the end of this file) against the current code, interleaved in one process:
+       .venv/bin/python bench/protocol_bench.py --verify-only [--verify-rounds N]
 Goals (issue 2): sealed reading <= 48 bytes amortised; MAC seal <= 1/100 of a signature.
 """
 
 from __future__ import annotations
 
 import argparse
+import hmac
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import cbor2
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from protocol import cose, sealing, senml  # noqa: E402
+from edge_agent.pipeline import verifier as v  # noqa: E402
+from protocol import cbor, cose, crypto, sealing, senml  # noqa: E402
+from protocol.errors import ProtocolError, SealError, ValidationError  # noqa: E402
 
 BATCH = 10
 BASE_NAME = "urn:dev:vb:ox-1:"
@@ -110,14 +119,390 @@ def micropython_figures() -> dict[str, float]:
     }
 
 
+# ---------------------------------------------------------------- verify a sealed batch
+#
+# "Verify a sealed batch of 10 readings as the agent does": Verifier.handle on real sealed
+# batches (a device that did the real X25519 handshake with the verifier, readings as
+# bench/agent_bench.py seals them: spo2 and pr, one pair per second), the code before the
+# session-3 verification pass (OLD) against the current code (NEW), interleaved in one
+# process. Every OLD and NEW verdict is compared: the figure is void if any differs.
+
+
+def _verify_home(tmp: Path) -> tuple[Any, Any, Any]:
+    """-> (sessions, directory, a function sealing batch i as a message): one enrolled
+    device with an open session, bound to a patient."""
+    from edge_agent.pipeline import GatewayKeys, MemoryDirectory, SessionTable, StateStore
+    from protocol import crypto, cwt, messages, session
+
+    keys = GatewayKeys("gw-1", bytes(range(32)), bytes(range(32, 64)))
+    directory = MemoryDirectory(keys)
+    seed, x_private = b"\x05" * 32, b"\x69" * 32
+    cert = cwt.issue_cwt(keys.ed25519_seed, "gw-1", "ox-1", crypto.ed25519_public_key(seed),
+                         T0 - 86400, T0 + 365 * 86400,
+                         agreement_key=crypto.x25519_public_key(x_private), role="device",
+                         serial="SN-ox-1")
+    directory.add_device("ox-1", cert, registration_number="REG-1",
+                         registration_valid_until=T0 + 10 * 365 * 86400,
+                         calibration_due=T0 + 10 * 365 * 86400)
+    directory.bind("ox-1", "P-1", since=T0 - 86400)
+    sessions = SessionTable(StateStore.open(tmp / "state.db"), now=T0)
+    from edge_agent.pipeline import Verifier
+    handshake = session.DeviceHandshake("ox-1", x_private, keys.x25519_public)
+    verdict = Verifier(directory, sessions).handle(messages.encode("hello", handshake.hello()),
+                                                   received_at=T0, link_device="ox-1")
+    assert verdict.reply is not None, verdict
+    sess = handshake.finish(messages.decode(verdict.reply)[1])
+
+    def sealed(index: int) -> bytes:
+        records = []
+        for k in range(BATCH // 2):
+            second = index * (BATCH // 2) + k
+            seq = index * BATCH + 2 * k
+            records += [senml.make_record("spo2", 96 + second // 7 % 3, time=T0 + second,
+                                          seq=seq),
+                        senml.make_record("pr", 70 + second // 5 % 7, time=T0 + second,
+                                          seq=seq + 1)]
+        return messages.encode("sealed", sealing.seal_batch(
+            sess.device_mac_key, sess.kid, records, "urn:dev:vb:ox-1:"))
+
+    return sessions, directory, sealed
+
+
+def _critical(reading: Any) -> bool:
+    return reading.quantity == "spo2" and float(reading.value) <= 91
+
+
+def verify_figures(rounds: int, batches: int, profile: bool = False) -> dict[str, float]:
+    """us per sealed batch through Verifier.handle, OLD and NEW, median of `rounds`."""
+    import statistics
+    import tempfile
+
+    from edge_agent.pipeline import Verifier
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sessions, directory, sealed = _verify_home(Path(tmp))
+        messages_in = [sealed(i) for i in range(batches)]
+        new = Verifier(directory, sessions, critical=_critical)
+        old = _OldVerifier(directory, sessions, critical=_critical)
+
+        def run(verifier: Any) -> tuple[float, list[Any]]:
+            verdicts = []
+            start = time.perf_counter()
+            for i, raw in enumerate(messages_in):
+                verdicts.append(verifier.handle(raw, received_at=T0 + i / 2 + 1,
+                                                link_device="ox-1"))
+            elapsed = time.perf_counter() - start
+            for verdict in verdicts:  # not durable: every batch is new again next pass
+                verifier.abandoned(verdict)
+            return elapsed / batches * 1e6, verdicts
+
+        times: dict[str, list[float]] = {"old": [], "new": []}
+        for round_ in range(rounds):
+            order = (("old", old), ("new", new)) if round_ % 2 else (("new", new), ("old", old))
+            results = {}
+            for name, verifier in order:
+                times[name].append((results.setdefault(name, run(verifier)))[0])
+            if round_ == 0:
+                for a, b in zip(results["old"][1], results["new"][1], strict=True):
+                    if a != b or a.outcome != "stored":
+                        raise SystemExit(f"OLD and NEW verdicts differ:\n{a}\n{b}")
+        if profile:
+            import cProfile
+            import pstats
+            profiler = cProfile.Profile()
+            profiler.runcall(run, new)
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+        sessions.store.close()
+    # On a shared machine the load changes between rounds: each round's NEW/OLD ratio is
+    # paired (same load), so the median ratio is the figure; the times are medians too.
+    ratios = [n / o for n, o in zip(times["new"], times["old"], strict=True)]
+    return {"verify_batch_old_us": statistics.median(times["old"]),
+            "verify_batch_new_us": statistics.median(times["new"]),
+            "verify_batch_ratio": statistics.median(ratios)}
+
+
+# ---- OLD: copies of the code before the session-3 verification pass, for the comparison
+# above only. Not used anywhere else; do not "fix" them: they are the measured baseline.
+
+
+def _old_mac0_parse(data: bytes) -> Any:
+    return cose._parse(data, cose.TAG_MAC0, cose.ALG_HMAC_256_256, cose.MAC_TAG_SIZE, 65536,
+                       cose.Mac0)
+
+
+def _old_mac0_verify(key: bytes, data: bytes, kid: bytes) -> Any:
+    key = cose._mac_key(key)
+    msg = _old_mac0_parse(data)
+    cose._check_kid(msg, kid)
+    payload = cose._payload_to_check(msg, None)
+    head = cose._structure_head(cose._MAC0_CONTEXT, msg.protected_bytes, b"", len(payload))
+    expected = hmac.digest(key, bytes(head) + bytes(payload), "sha256")  # the old _CKey
+    if not crypto.constant_time_equal(expected, msg.tag):
+        raise SealError("tag mismatch")
+    msg.payload = payload
+    msg.verified = True
+    return msg
+
+
+def _old_open_batch(mac_key: bytes, kid: bytes, data: bytes, now: int) -> Any:
+    msg = _old_mac0_verify(mac_key, data, kid=kid)
+    if msg.content_type != cose.CT_SENML_CBOR:
+        raise ValidationError("content_type", f"expected {cose.CT_SENML_CBOR} (SenML CBOR), "
+                              f"got {msg.content_type!r}")
+    readings = _old_decode_pack(msg.payload, max_records=sealing.MAX_BATCH, now=now)
+    sealing._consecutive_seqs([r.seq for r in readings])
+    return sealing.OpenedBatch(readings, msg.tag, msg.kid)
+
+
+def _old_decode_pack(data: bytes, max_records: int, now: int) -> Any:
+    pack = cbor.loads(data, max_depth=4,
+                      max_items=1 + max_records * (2 * senml.MAX_FIELDS + 1))
+    if isinstance(pack, list) and len(pack) > max_records:
+        raise ValidationError("pack", f"more than {max_records} records")
+    readings = _old_decode_plain(pack)
+    if readings is not None:
+        return readings
+    records = senml.resolve(pack, now)
+    return [senml._reading(records[i], i) for i in range(len(records))]
+
+
+def _old_decode_plain(pack: Any) -> Any:
+    if type(pack) is not list or not pack:
+        return None
+    base_name = ""
+    base_time = 0
+    prefix_ok = True
+    readings = []
+    for record in pack:
+        fields = _old_plain_record(record)
+        if fields is None:
+            return None
+        bn, bt, rule, unit_rule, value, time_, seq, update, total = fields
+        if bn is not None:
+            if type(bn) is not str:
+                return None
+            base_name = bn
+            prefix_ok = senml._plain_prefix(bn)
+        if not prefix_ok:
+            return None
+        if bt is not None:
+            if not senml._is_time(bt):
+                return None
+            base_time = bt
+        if time_ is None:
+            time_ = base_time
+        elif senml._is_time(time_):
+            time_ = base_time + time_
+        else:
+            return None
+        if not senml.ABSOLUTE_TIME_MIN <= time_ < senml.TIME_MAX:
+            return None
+        extras = {}
+        if update is not None:
+            extras["ut"] = update
+        if total is not None:
+            extras["s"] = 0 + total
+        readings.append(senml.Reading(base_name + rule[3], rule[3], unit_rule[4], 0 + value,
+                                      time_, seq, extras))
+    return readings
+
+
+def _old_plain_record(record: Any) -> Any:
+    if type(record) is not dict:
+        return None
+    get = record.get
+    unit = get(senml.U)
+    ucum = get(senml.UCUM_UNIT)
+    time_ = get(senml.T)
+    update = get(senml.UT)
+    total = get(senml.S)
+    bn = get(senml.BN)
+    bt = get(senml.BT)
+    if len(record) != 3 + (unit is not None) + (ucum is not None) + (time_ is not None) + (
+        update is not None
+    ) + (total is not None) + (bn is not None) + (bt is not None):
+        return None
+    for key in record:
+        if type(key) is not int:
+            return None
+    name = get(senml.N)
+    value = get(senml.V)
+    seq = get(senml.SEQ)
+    if type(name) is not str:
+        return None
+    rule = senml._PLAIN.get(name)
+    if rule is None:
+        return None
+    if unit is None and ucum is None:
+        if rule[1] is None:
+            return None
+        unit_rule = rule[2][rule[1]]
+    else:
+        unit_rule = senml._plain_unit(rule, unit, ucum)
+        if unit_rule is None:
+            return None
+    kind = type(value)
+    if (kind is not int and kind is not float) or not unit_rule[1] <= value <= unit_rule[2]:
+        return None
+    if type(seq) is not int or seq < 0 or seq >= senml.SEQ_LIMIT:
+        return None
+    if update is not None:
+        kind = type(update)
+        if (kind is not int and kind is not float) or not 0 <= update < senml.UPDATE_TIME_LIMIT:
+            return None
+    if total is not None:
+        kind = type(total)
+        if not (kind is float and total - total == 0) and not (
+            kind is int and -(1 << 64) <= total < (1 << 64)
+        ):
+            return None
+    return bn, bt, rule, unit_rule, value, time_, seq, update, total
+
+
+class _OldVerifier(v.Verifier):
+    """Verifier with the OLD `_sealed` (and its `_live_session` and `rule_readings`)."""
+
+    def _live_session(self, ctx: v._Received, kind: str, body: object
+                      ) -> tuple[v.DeviceSession | None, v.Verdict | None]:
+        if not isinstance(body, bytes):
+            return None, self._quarantined(ctx, kind, f"{kind}: body must be COSE_Mac0 bytes")
+        try:
+            kid = _old_mac0_parse(body).kid
+        except ProtocolError as exc:
+            return None, self._quarantined(ctx, kind, f"{kind}: {exc}")
+        if not isinstance(kid, bytes) or len(kid) != v.SESSION_ID_SIZE:
+            return None, self._quarantined(ctx, kind, f"{kind}: kid is not a session id")
+        sess = self.sessions.get(kid)
+        if sess is None:
+            ended = self.sessions.ended(kid)
+            reason = (f"session {v.hexstr(kid)} has ended ({ended[0]})" if ended
+                      else f"unknown session {v.hexstr(kid)}")
+            return None, self._quarantined(ctx, kind, f"{kind}: {reason}")
+        mismatch = self._link_mismatch(ctx, sess.device_id)
+        if mismatch:
+            return None, self._quarantined(
+                ctx, kind, f"{kind}: session {v.hexstr(kid)} belongs to device {sess.device_id}; "
+                + mismatch, sess.device_id)
+        withdrawn = self.directory.withdrawn(sess.device_id, ctx.now)
+        if withdrawn is not None:
+            self.sessions.withdraw_device(sess.device_id, withdrawn, ctx.received_at)
+            return None, self._quarantined(
+                ctx, kind, f"{kind}: session {v.hexstr(kid)} withdrawn ({withdrawn})",
+                sess.device_id)
+        return sess, None
+
+    def _sealed(self, ctx: v._Received, body: object) -> v.Verdict:
+        sess, refusal = self._live_session(ctx, "sealed", body)
+        if sess is None:
+            assert refusal is not None
+            return refusal
+        assert isinstance(body, bytes)
+        device = sess.device_id
+        try:
+            batch = _old_open_batch(sess.device_mac_key, sess.kid, body, ctx.now)
+        except SealError as exc:
+            return self._quarantined(ctx, "sealed", f"sealed: seal refused: {exc}", device)
+        except ProtocolError as exc:
+            return self._quarantined(ctx, "sealed", f"sealed: content refused: {exc}", device)
+        sess.confirmed = True
+        sess.remember_tags(batch.seqs, batch.tag, self.sessions.policy.max_tags)
+        classes = [sess.classify(seq) for seq in batch.seqs]
+        new = tuple(s for s, c in zip(batch.seqs, classes, strict=True)
+                    if c in (v.replay.NEW, v.replay.NEW_LATE))
+        in_flight = v.PENDING in classes
+        # In use; with new seqs, keys of the device's older sessions may settle (sessions.py)
+        sess.verified(ctx.received_at, new=bool(new))
+        too_old = v.replay.TOO_OLD in classes
+        seq_range = (batch.first_seq, batch.last_seq)
+        settled = None if in_flight else v.AckPlan(device, sess.kid, seq_range)
+        if not new:
+            if too_old:
+                return self._quarantined(
+                    ctx, "sealed", f"sealed: replay: seqs {seq_range[0]}..{seq_range[1]} are "
+                    f"below the replay window of session {v.hexstr(sess.kid)} (highest "
+                    f"{sess.tracker.high}) and below what its history still knows "
+                    f"(horizon {sess.tracker.horizon})", device, ack=settled)
+            if in_flight:
+                return v.Verdict("sealed", v.IN_FLIGHT, device)
+            return v.Verdict("sealed", v.DUPLICATE, device, ack=settled,
+                           notes=(f"duplicate seqs {seq_range[0]}..{seq_range[1]}",))
+        gaps = v._gaps_before(sess, batch.first_seq)
+        notes: list[str] = []
+        flags = self._trust_flags(device, sess.certificate, sess.kid, ctx.now, notes)
+        if sess.stale(ctx.received_at, self.sessions.policy):
+            flags.append(v.SESSION_EXPIRED)
+        if any(r.device not in v.base_names(device, sess.certificate) for r in batch.readings):
+            flags.append(v.NAME_MISMATCH)
+        if in_flight or v.replay.DUPLICATE in classes:
+            flags.append(v.SEQ_OVERLAP)
+        if too_old:
+            flags.append(v.SEQ_TOO_OLD)
+        fresh = set(new)
+        readings, reading_flags = _old_rule_readings(
+            self.directory, device, [r for r in batch.readings if r.seq in fresh])
+        flags = list(v.clean_flags(flags + reading_flags))
+        priority = v.priority_for(readings, self.critical, notes)
+        if priority == v.Priority.CRITICAL:
+            sess.last_critical_seq = max(new)
+        payload = v.uplink.encode_readings(device, body, v.verdict_text("sealed", flags),
+                                         ctx.received_ms)
+        message = v.NewMessage(v.topics.UP_READINGS, device, payload, priority, "sealed",
+                             tuple(flags), sess.kid, batch.first_seq, batch.last_seq,
+                             len(batch.seqs), ctx.received_at)
+        sess.pending.update(new)  # last: a failure above must not leave seqs "in flight"
+        return v.Verdict("sealed", v.STORED, device, journal=(message,), readings=tuple(readings),
+                       gaps=gaps, flags=tuple(flags), notes=tuple(notes), ack=settled,
+                       commit=v._Commit(sess, new))
+
+
+def _old_rule_readings(directory: v.DeviceDirectory, device_id: str,
+                       readings: Iterable[senml.Reading], manual: bool = False,
+                       patient: str | None = None) -> tuple[list[v.Reading], list[str]]:
+    out: list[v.Reading] = []
+    flags: list[str] = []
+    readings = list(readings)
+    quality = v.signal_quality_by_time(readings)
+    for reading in readings:
+        owner = patient or directory.patient_at(device_id, int(reading.time))
+        if owner is None:
+            flags.append(v.UNBOUND)
+            continue
+        try:
+            out.append(v.Reading(patient=owner, device=device_id, quantity=reading.quantity,
+                               value=reading.value, time=float(reading.time), unit=reading.unit,
+                               manual=manual,
+                               signal_quality=v.quality_at(quality, float(reading.time))))
+        except v.ValidationError:
+            flags.append(v.NOT_EVALUABLE)
+    return out, flags
+
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     parser.add_argument("--seconds", type=float, default=3.0, help="time per CPython rate")
+    parser.add_argument("--verify-only", action="store_true",
+                        help="only the verification figure (section 4)")
+    parser.add_argument("--verify-rounds", type=int, default=31,
+                        help="interleaved OLD/NEW rounds (median reported)")
+    parser.add_argument("--verify-batches", type=int, default=300,
+                        help="sealed batches per round")
+    parser.add_argument("--verify-profile", action="store_true",
+                        help="also print a cProfile of one NEW round")
     args = parser.parse_args()
 
-    figures: dict[str, float] = {}
+    verify = verify_figures(args.verify_rounds, args.verify_batches, args.verify_profile)
+    print(f"verify a sealed batch of {BATCH} (Verifier.handle): OLD "
+          f"{verify['verify_batch_old_us']:.1f} us, NEW {verify['verify_batch_new_us']:.1f} us,"
+          f" NEW/OLD {verify['verify_batch_ratio']:.3f} (medians of {args.verify_rounds} "
+          f"interleaved rounds of {args.verify_batches} batches)")
+    if args.verify_only:
+        if args.json:
+            Path(args.json).write_text(json.dumps(verify, indent=2) + "\n")
+        return 0
+    figures: dict[str, float] = dict(verify)
     figures.update(size_figures())
     figures.update(cpython_figures(args.seconds))
     figures.update(micropython_figures())

@@ -25,10 +25,11 @@ from protocol.errors import DecodeError
 
 __all__ = [
     "Tag", "dumps", "loads", "pure_dumps", "pure_loads", "encode_into", "encode_head_into",
-    "float_bytes", "DecodeError", "BACKEND",
+    "float_bytes", "scalar_at", "DecodeError", "BACKEND", "MAX_SIZE",
 ]
 
 UINT64_MAX = 0xFFFFFFFFFFFFFFFF
+MAX_SIZE = 65536  # default input bound of `loads`
 # Nesting of arrays, maps and tags that `dumps` will follow; deeper (or cyclic) values
 # raise ValueError instead of exhausting the C stack, which is small on an ESP32.
 MAX_ENCODE_DEPTH = 64
@@ -688,7 +689,41 @@ def _accept_key(data, frame, key, pos, strict):
     frame[4] = True
 
 
-def pure_loads(data, max_depth=16, max_items=4096, max_size=65536, require_deterministic=False):
+def scalar_at(data, pos):
+    """(value, end) of the int, float or text string whose head is at `data[pos]` (bytes),
+    decoded exactly as `loads` (not require_deterministic) decodes that item; None for any
+    other item, or one that is truncated or invalid. For a format's fast path that reads
+    flat items itself: on None it hands the whole input to `loads`, which judges it."""
+    initial = data[pos]
+    if initial >= 0xE0:
+        ai = initial & 0x1F
+        if ai < 25 or ai > 27:
+            return None  # simple values and reserved codes: not a number
+        try:
+            return _decode_major7(data, pos, ai, False)
+        except DecodeError:
+            return None
+    major = initial >> 5
+    if major == 2 or major > 3:
+        return None
+    try:
+        arg, end = _read_argument(data, pos, initial & 0x1F, False)
+    except DecodeError:
+        return None
+    if major == 0:
+        return arg, end
+    if major == 1:
+        return -1 - arg, end
+    stop = end + arg
+    if stop > _len(data):
+        return None
+    try:
+        return _decode_text(data[end:stop], pos), stop
+    except DecodeError:
+        return None
+
+
+def pure_loads(data, max_depth=16, max_items=4096, max_size=MAX_SIZE, require_deterministic=False):
     """Decode exactly one CBOR item from `data` (bytes-like), raising only DecodeError.
 
     max_depth bounds nested arrays/maps/tags, max_items every data item (map keys and

@@ -367,7 +367,50 @@ def mac0_create(key, payload, kid=None, content_type=None, external_aad=b"", tag
 
 def mac0_parse(data, max_size=65536):
     """Structural checks only (no key): -> Mac0 with verified=False. Raises SealError."""
+    msg = _mac0_common(data, max_size)
+    if msg is not None:
+        return msg
     return _parse(data, TAG_MAC0, ALG_HMAC_256_256, MAC_TAG_SIZE, max_size, Mac0)
+
+
+# The COSE_Mac0 a sealed batch arrives as (what mac0_create writes for content type 112
+# and a kid): tag 17, array(4), the protected bstr {1: 5, 3: 112}, then {4: kid}.
+_MAC0_SENML_HEAD = b"\xd1\x84\x46\xa2\x01\x05\x03\x18\x70\xa1\x04"
+_MAC0_SENML_PROTECTED = b"\xa2\x01\x05\x03\x18\x70"
+
+
+def _mac0_common(data, max_size):
+    """`_parse`'s Mac0 for exactly that shape (a kid of 1..23 bytes, an attached payload
+    below 64 KiB, the 32-byte tag last), read by slicing instead of decoding; None for
+    anything else, and the general `_parse` then decides. Every check `_parse` makes holds
+    for this shape by construction (alg 5, content type 112, kid size, tag size)."""
+    if _type(data) is not bytes or not data.startswith(_MAC0_SENML_HEAD):
+        return None
+    end = _len(data)
+    if end > max_size or end < 48:  # the smallest: 11 + kid 2 + payload 1 + tag 34
+        return None
+    head = data[11]
+    if not 0x40 < head < 0x58:
+        return None
+    start = 12 + head - 0x40  # the payload's head
+    head = data[start]
+    if 0x40 <= head < 0x58:
+        size = head - 0x40
+        start += 1
+    elif head == 0x58:
+        size = data[start + 1]
+        start += 2
+    elif head == 0x59:
+        size = (data[start + 1] << 8) | data[start + 2]
+        start += 3
+    else:
+        return None
+    stop = start + size
+    if stop + 34 != end or data[stop] != 0x58 or data[stop + 1] != MAC_TAG_SIZE:
+        return None
+    return Mac0(_NAMES[TAG_MAC0], True, _MAC0_SENML_PROTECTED,
+                {H_ALG: ALG_HMAC_256_256, H_CONTENT_TYPE: CT_SENML_CBOR},
+                {H_KID: data[12:12 + data[11] - 0x40]}, data[start:stop], data[stop + 2:])
 
 
 def mac0_verify(key, data, external_aad=b"", kid=None, detached_payload=None, max_size=65536):
@@ -378,7 +421,21 @@ def mac0_verify(key, data, external_aad=b"", kid=None, detached_payload=None, ma
     """
     key = _mac_key(key)
     external_aad = _bytes_arg("external_aad", external_aad)
-    msg = mac0_parse(data, max_size)
+    return _mac0_check(key, mac0_parse(data, max_size), external_aad, kid, detached_payload)
+
+
+def mac0_verify_parsed(key, msg, external_aad=b"", kid=None, detached_payload=None):
+    """`mac0_verify` for a message `mac0_parse` returned: a receiver that parsed it to
+    read the kid (and pick its key) need not decode the bytes a second time. Same checks
+    in the same order, same SealError reasons; `msg` must not have been verified yet."""
+    key = _mac_key(key)
+    external_aad = _bytes_arg("external_aad", external_aad)
+    if not isinstance(msg, Mac0) or msg.verified:
+        raise ValidationError("msg", "must be an unverified Mac0 from mac0_parse")
+    return _mac0_check(key, msg, external_aad, kid, detached_payload)
+
+
+def _mac0_check(key, msg, external_aad, kid, detached_payload):
     _check_kid(msg, kid)
     payload = _payload_to_check(msg, detached_payload)
     expected = _mac(key, msg.protected_bytes, external_aad, payload)

@@ -370,9 +370,8 @@ def _plain_prefix(base_name):
 def _plain_record(record):
     """(bn, bt, quantity rule, unit rule, v, t, seq, ut, s) of a plain record, or None.
 
-    Checked here: only integer labels n v u ucum_ t seq ut s bn bt, no null; n a known
-    quantity; the unit rules of `_record_unit`; v a number in the possible range; seq,
-    ut and s as `_reading` wants them. Left to the caller: bn, bt and t.
+    Checked here: only integer labels n v u ucum_ t seq ut s bn bt, no null; the rest in
+    `_plain_fields`.
     """
     if _type(record) is not dict:
         return None
@@ -393,9 +392,13 @@ def _plain_record(record):
     for key in record:
         if _type(key) is not int:  # True == 1 and 2.0 == 2 would find an int's field
             return None
-    name = get(N)
-    value = get(V)
-    seq = get(SEQ)
+    return _plain_fields(get(N), get(V), get(SEQ), unit, ucum, time, update, total, bn, bt)
+
+
+def _plain_fields(name, value, seq, unit, ucum, time, update, total, bn, bt):
+    """The record's fields as `_plain_record` returns them, or None. Checked here: n a
+    known quantity; the unit rules of `_record_unit`; v a number in the possible range;
+    seq, ut and s as `_reading` wants them. Left to the caller: bn, bt and t."""
     if _type(name) is not str:
         return None
     rule = _PLAIN.get(name)
@@ -448,6 +451,10 @@ def _is_time(value):
 
 
 _PLAIN = _plain_quantities()
+# UTF-8 bytes of each plain quantity -> the quantity (for `_decode_wire`).
+_PLAIN_NAMES = {}
+for _name in _PLAIN:
+    _PLAIN_NAMES[_name.encode("utf-8")] = _name
 
 # ---------------------------------------------------------------- packs
 
@@ -530,6 +537,9 @@ def decode_pack(data, max_records=256, now=None):
     Raises DecodeError for malformed CBOR and ValidationError for anything SenML or the
     vitals vocabulary forbids (see `resolve` and `validate_record`).
     """
+    readings = _decode_wire(data, max_records)
+    if readings is not None:
+        return readings
     pack = cbor.loads(data, max_depth=4, max_items=1 + max_records * (2 * MAX_FIELDS + 1))
     if _isinstance(pack, list) and _len(pack) > max_records:
         raise ValidationError("pack", "more than %d records" % max_records)
@@ -545,14 +555,118 @@ def _decode_plain(pack):
     (module notes above `_plain_quantities`), or None: then the general path decides."""
     if _type(pack) is not list or not pack:
         return None
-    base_name = ""
-    base_time = 0
-    prefix_ok = True
-    readings = []
+    rows = []
     for record in pack:
         fields = _plain_record(record)
         if fields is None:
             return None
+        rows.append(fields)
+    return _plain_readings(rows)
+
+
+def _decode_wire(data, max_records):
+    """`_decode_plain(cbor.loads(data))` read straight from the bytes, without the decoded
+    pack's dicts, for the shape `_encode_plain` writes: an array of 1..255 maps, each of
+    one-byte keys in increasing order (canonical order; so no key twice) whose values are
+    ints, floats or text strings. None on anything else (another shape or key order,
+    more than `max_records` records, truncated or trailing bytes, invalid UTF-8, ...): the
+    general path then decodes and judges the same bytes. Items other than one-byte uints
+    and quantity names are read by protocol.cbor's own item reader (`cbor.scalar_at`), so
+    every field value is the one `cbor.loads` would put in the dict."""
+    if _type(data) is not bytes:
+        return None
+    end = _len(data)
+    if end < 2 or end > cbor.MAX_SIZE:
+        return None
+    head = data[0]
+    if 0x80 < head < 0x98:
+        count = head - 0x80
+        pos = 1
+    elif head == 0x98:
+        count = data[1]
+        pos = 2
+    else:
+        return None
+    if count == 0 or count > max_records:
+        return None
+    scalar_at = cbor.scalar_at
+    names = _PLAIN_NAMES
+    rows = []
+    for _ in range(count):
+        if pos >= end:
+            return None
+        head = data[pos]
+        pos += 1
+        if not 0xA0 < head < 0xB8:
+            return None
+        name = value = seq = unit = ucum = time = update = total = bn = bt = None
+        last = -1
+        for _ in range(head - 0xA0):
+            if pos + 1 >= end:
+                return None  # a key and its value need two bytes at least
+            key = data[pos]
+            if key <= last:
+                return None  # out of canonical order, or twice
+            last = key
+            item = data[pos + 1]
+            if item < 0x18:  # a one-byte uint
+                pos += 2
+            elif item == 0x18 and pos + 2 < end:  # a uint of one argument byte
+                item = data[pos + 2]
+                pos += 3
+            elif item == 0x19 and pos + 3 < end:  # two bytes (seqs from 256 on)
+                item = (data[pos + 2] << 8) | data[pos + 3]
+                pos += 4
+            elif key == N and 0x60 < item < 0x78:
+                # A quantity name: its bytes are the key (a UTF-8 text has one encoding).
+                pos += 2 + item - 0x60
+                item = names.get(data[pos - item + 0x60:pos])
+                if item is None or pos > end:
+                    return None
+            else:
+                found = scalar_at(data, pos + 1)
+                if found is None:
+                    return None
+                item, pos = found
+            if key == N:
+                name = item
+            elif key == V:
+                value = item
+            elif key == SEQ:
+                seq = item
+            elif key == T:
+                time = item
+            elif key == 0x21:  # -2 (bn) as one byte
+                bn = item
+            elif key == 0x22:  # -3 (bt)
+                bt = item
+            elif key == U:
+                unit = item
+            elif key == UCUM_UNIT:
+                ucum = item
+            elif key == UT:
+                update = item
+            elif key == S:
+                total = item
+            else:
+                return None
+        fields = _plain_fields(name, value, seq, unit, ucum, time, update, total, bn, bt)
+        if fields is None:
+            return None
+        rows.append(fields)
+    if pos != end:
+        return None
+    return _plain_readings(rows)
+
+
+def _plain_readings(rows):
+    """Readings of a pack's plain records (`_plain_record` tuples, in order), resolving
+    bn, bt and relative record times, or None when the general path must decide."""
+    base_name = ""
+    base_time = 0
+    prefix_ok = True
+    readings = []
+    for fields in rows:
         bn, bt, rule, unit_rule, value, time, seq, update, total = fields
         if bn is not None:
             if _type(bn) is not str:
@@ -567,10 +681,11 @@ def _decode_plain(pack):
             base_time = bt
         if time is None:
             time = base_time
-        elif _is_time(time):
-            time = base_time + time
         else:
-            return None
+            kind = _type(time)  # `_is_time`, inline: this runs for every record
+            if (kind is not int and kind is not float) or not -TIME_MAX < time < TIME_MAX:
+                return None
+            time = base_time + time
         if not ABSOLUTE_TIME_MIN <= time < TIME_MAX:
             return None  # relative, or out of range: the general path applies `now` or refuses
         extras = {}

@@ -127,6 +127,16 @@ class DeviceSession:
             return PENDING
         return self.tracker.classify(seq)
 
+    def classify_batch(self, seqs: list[int]) -> list[str]:
+        """`[classify(seq) for seq in seqs]` for an opened batch's seqs (ints in 0..2**32-1).
+        The usual batch, every seq above the highest durable one and none in flight, is
+        all NEW without a lookup per seq."""
+        high = self.tracker.high
+        if seqs and (high is None or min(seqs) > high) and self.pending.isdisjoint(seqs) \
+                and max(seqs) <= replay.MAX_SEQ and all(type(s) is int for s in seqs):
+            return [replay.NEW] * len(seqs)
+        return [self.classify(seq) for seq in seqs]
+
     def highest(self) -> int | None:
         """Highest seq verified in this session (durable or pending)."""
         top = self.tracker.high
@@ -136,13 +146,17 @@ class DeviceSession:
         return top
 
     def remember_tags(self, seqs: Iterable[int], tag: bytes, limit: int) -> None:
+        tags = self.tags
+        low = self.tags_from
         for seq in seqs:
-            self.tags[seq] = tag
-            self.tags.move_to_end(seq)
-            if self.tags_from is None or seq < self.tags_from:
-                self.tags_from = seq
-        while len(self.tags) > limit:
-            dropped, _ = self.tags.popitem(last=False)
+            if seq in tags:
+                tags.move_to_end(seq)  # a new key is appended at the end already
+            tags[seq] = tag
+            if low is None or seq < low:
+                low = seq
+        self.tags_from = low
+        while len(tags) > limit:
+            dropped, _ = tags.popitem(last=False)
             self.tags_from = max(self.tags_from or 0, dropped + 1)
 
     def advance_upto(self) -> None:

@@ -24,6 +24,7 @@ import re
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from edge_agent.alarms.evaluator import Reading
 from edge_agent.journal import NewMessage, Priority, QuarantineEntry
@@ -184,16 +185,23 @@ def rule_readings(directory: DeviceDirectory, device_id: str, readings: Iterable
     flags: list[str] = []
     readings = list(readings)
     quality = signal_quality_by_time(readings)
+    owners: dict[int, str | None] = {}  # a batch holds a few seconds: ask once per second
     for reading in readings:
-        owner = patient or directory.patient_at(device_id, int(reading.time))
+        owner = patient
+        if not owner:
+            second = int(reading.time)
+            if second in owners:
+                owner = owners[second]
+            else:
+                owner = owners[second] = directory.patient_at(device_id, second)
         if owner is None:
             flags.append(UNBOUND)
             continue
+        at = float(reading.time)
         try:
             out.append(Reading(patient=owner, device=device_id, quantity=reading.quantity,
-                               value=reading.value, time=float(reading.time), unit=reading.unit,
-                               manual=manual,
-                               signal_quality=quality_at(quality, float(reading.time))))
+                               value=reading.value, time=at, unit=reading.unit, manual=manual,
+                               signal_quality=quality_at(quality, at) if quality else None))
         except ValidationError:
             flags.append(NOT_EVALUABLE)
     return out, flags
@@ -306,7 +314,10 @@ class Verifier:
             sess.advance_upto()
             touched[sess.kid] = sess
         self.sessions.save(touched.values())
-        return [self._ack_message(v.ack) for v in verdicts]
+        # After the commit every ack of one session says the same (its durable watermark),
+        # so a pass of many batches MACs and encodes each distinct ack once.
+        built: dict[tuple[Any, ...], bytes] = {}
+        return [self._ack_message(v.ack, built) for v in verdicts]
 
     def abandoned(self, verdict: Verdict) -> None:
         """The journal refused the verdict: forget its pending seqs (a re-send is new)."""
@@ -438,53 +449,59 @@ class Verifier:
     # -- sealed batches -------------------------------------------------------------------
 
     def _live_session(self, ctx: _Received, kind: str, body: object
-                      ) -> tuple[DeviceSession | None, Verdict | None]:
-        """The live session a Mac0 body names by kid, or the quarantine verdict why not."""
+                      ) -> tuple[DeviceSession, cose.Mac0] | Verdict:
+        """The live session a Mac0 body names by kid with the parsed (not yet verified)
+        Mac0, or the quarantine verdict why not."""
         if not isinstance(body, bytes):
-            return None, self._quarantined(ctx, kind, f"{kind}: body must be COSE_Mac0 bytes")
+            return self._quarantined(ctx, kind, f"{kind}: body must be COSE_Mac0 bytes")
         try:
-            kid = cose.mac0_parse(body).kid
+            msg = cose.mac0_parse(body)
         except ProtocolError as exc:
-            return None, self._quarantined(ctx, kind, f"{kind}: {exc}")
+            return self._quarantined(ctx, kind, f"{kind}: {exc}")
+        kid = msg.kid
         if not isinstance(kid, bytes) or len(kid) != SESSION_ID_SIZE:
-            return None, self._quarantined(ctx, kind, f"{kind}: kid is not a session id")
+            return self._quarantined(ctx, kind, f"{kind}: kid is not a session id")
         sess = self.sessions.get(kid)
         if sess is None:
             ended = self.sessions.ended(kid)
             reason = (f"session {hexstr(kid)} has ended ({ended[0]})" if ended
                       else f"unknown session {hexstr(kid)}")
-            return None, self._quarantined(ctx, kind, f"{kind}: {reason}")
+            return self._quarantined(ctx, kind, f"{kind}: {reason}")
         mismatch = self._link_mismatch(ctx, sess.device_id)
         if mismatch:
-            return None, self._quarantined(
+            return self._quarantined(
                 ctx, kind, f"{kind}: session {hexstr(kid)} belongs to device {sess.device_id}; "
                 + mismatch, sess.device_id)
         withdrawn = self.directory.withdrawn(sess.device_id, ctx.now)
         if withdrawn is not None:
             self.sessions.withdraw_device(sess.device_id, withdrawn, ctx.received_at)
-            return None, self._quarantined(
+            return self._quarantined(
                 ctx, kind, f"{kind}: session {hexstr(kid)} withdrawn ({withdrawn})",
                 sess.device_id)
-        return sess, None
+        return sess, msg
 
     def _sealed(self, ctx: _Received, body: object) -> Verdict:
-        sess, refusal = self._live_session(ctx, "sealed", body)
-        if sess is None:
-            assert refusal is not None
-            return refusal
-        assert isinstance(body, bytes)
+        found = self._live_session(ctx, "sealed", body)
+        if isinstance(found, Verdict):
+            return found
+        sess, msg = found
+        assert isinstance(body, bytes)  # _live_session refuses anything else
         device = sess.device_id
         try:
-            batch = sealing.open_batch(sess.device_mac_key, sess.kid, body, now=ctx.now)
+            # The Mac0 parsed once above (for its kid) is verified here, not decoded again.
+            batch = sealing.open_parsed(sess.device_mac_key, sess.kid, msg, now=ctx.now)
         except SealError as exc:
             return self._quarantined(ctx, "sealed", f"sealed: seal refused: {exc}", device)
         except ProtocolError as exc:
             return self._quarantined(ctx, "sealed", f"sealed: content refused: {exc}", device)
         sess.confirmed = True
         sess.remember_tags(batch.seqs, batch.tag, self.sessions.policy.max_tags)
-        classes = [sess.classify(seq) for seq in batch.seqs]
-        new = tuple(s for s, c in zip(batch.seqs, classes, strict=True)
-                    if c in (replay.NEW, replay.NEW_LATE))
+        classes = sess.classify_batch(batch.seqs)
+        if classes.count(replay.NEW) == len(classes):  # the usual batch: every seq new
+            new = tuple(batch.seqs)
+        else:
+            new = tuple(s for s, c in zip(batch.seqs, classes, strict=True)
+                        if c in (replay.NEW, replay.NEW_LATE))
         in_flight = PENDING in classes
         # In use; with new seqs, keys of the device's older sessions may settle (sessions.py)
         sess.verified(ctx.received_at, new=bool(new))
@@ -507,15 +524,19 @@ class Verifier:
         flags = self._trust_flags(device, sess.certificate, sess.kid, ctx.now, notes)
         if sess.stale(ctx.received_at, self.sessions.policy):
             flags.append(SESSION_EXPIRED)
-        if any(r.device not in base_names(device, sess.certificate) for r in batch.readings):
+        names = base_names(device, sess.certificate)
+        if any(r.device not in names for r in batch.readings):
             flags.append(NAME_MISMATCH)
         if in_flight or replay.DUPLICATE in classes:
             flags.append(SEQ_OVERLAP)
         if too_old:
             flags.append(SEQ_TOO_OLD)
-        fresh = set(new)
-        readings, reading_flags = rule_readings(
-            self.directory, device, [r for r in batch.readings if r.seq in fresh])
+        if len(new) == len(batch.readings):
+            fresh_readings = batch.readings
+        else:
+            fresh = set(new)
+            fresh_readings = [r for r in batch.readings if r.seq in fresh]
+        readings, reading_flags = rule_readings(self.directory, device, fresh_readings)
         flags = list(clean_flags(flags + reading_flags))
         priority = priority_for(readings, self.critical, notes)
         if priority == Priority.CRITICAL:
@@ -594,10 +615,10 @@ class Verifier:
                 return self._quarantined(ctx, "device-event", f"device-event: {exc}")
             return Verdict("device-event", EVENT, ctx.link_device, events=(event,),
                            notes=("unauthenticated device event",))
-        sess, refusal = self._live_session(ctx, "device-event", body)
-        if sess is None:
-            assert refusal is not None
-            return refusal
+        found = self._live_session(ctx, "device-event", body)
+        if isinstance(found, Verdict):
+            return found
+        sess = found[0]
         try:
             event = device_link.decode_event(body, sess.device_mac_key, sess.kid)
         except ProtocolError as exc:
@@ -608,7 +629,10 @@ class Verifier:
 
     # -- acknowledgements -----------------------------------------------------------------
 
-    def _ack_message(self, plan: AckPlan | None) -> bytes | None:
+    def _ack_message(self, plan: AckPlan | None,
+                     built: dict[tuple[Any, ...], bytes] | None = None) -> bytes | None:
+        """The sealed device-ack for `plan`; `built` memoises identical acks within one pass
+        (the encoding is deterministic: same fields and key, same bytes)."""
         if plan is None:
             return None
         current = self.sessions.current(plan.device_id)
@@ -622,10 +646,16 @@ class Verifier:
         checkpoints = sess.checkpoint_upto if sess is not None else None
         if upto is None and not ranges and checkpoints is None:
             return None
+        memo = (plan.session, upto, tuple(ranges), checkpoints, current.kid)
+        if built is not None and memo in built:
+            return built[memo]
         ack = device_link.Ack(plan.session, upto=upto, ranges=ranges,
                               checkpoints_upto=checkpoints)
-        return messages.encode("device-ack", device_link.encode_ack(
+        message = messages.encode("device-ack", device_link.encode_ack(
             ack, current.gateway_mac_key, current.kid))
+        if built is not None:
+            built[memo] = message
+        return message
 
 
 def _gaps_before(sess: DeviceSession, first: int) -> tuple[Gap, ...]:

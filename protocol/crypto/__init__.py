@@ -75,13 +75,18 @@ def hmac_sha256(key, data) -> bytes:
 
 
 class _CKey:
-    """CPython's keyed HMAC: the C hmac, with the PaddedKey interface."""
+    """CPython's keyed HMAC: the C hmac, with the PaddedKey interface. The keyed state is
+    built once and copied per message (half the cost of a one-shot `hmac.digest` of a
+    sealed batch, whose payload it also need not concatenate)."""
 
     def __init__(self, key):
-        self.key = bytes(key)
+        self._keyed = _hmac.new(bytes(key), digestmod=hashlib.sha256)
 
     def digest(self, data, more=b"") -> bytes:
-        return _hmac.digest(self.key, bytes(data) + bytes(more), "sha256")
+        mac = self._keyed.copy()
+        mac.update(data)
+        mac.update(more)
+        return mac.digest()
 
 
 _Keyed = _pure_hmac.PaddedKey if _ON_MICROPYTHON else _CKey
