@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from edge_agent.alarms import news2
@@ -49,7 +49,7 @@ KINDS = (THRESHOLD, NEWS2, RATE, ARTEFACT, TECHNICAL)
 
 # Artefact and technical condition names; keys are "<name>:<device>".
 LOW_SIGNAL = "low-signal"
-FINGER_OFF = "finger-off"
+FINGER_OFF = "finger-off"  # a cause of sensor-off (named in the detail), never a condition key
 SENSOR_OFF = "sensor-off"
 IMPLAUSIBLE = "implausible"
 UNIT_MISMATCH = "unit-mismatch"
@@ -323,9 +323,16 @@ class _RateHistory:
         if self.descents:
             self.synced = False
             return [self._scanned(rule, t, value) for rule in self._rules]
-        if self.synced:
+        if self.synced:  # the common case: push, trim and read each rule's deque at once
+            changes = []
             for rule, extreme in zip(self._rules, self._extremes, strict=True):
-                _push(extreme, rule.direction == "fall", t, value)
+                falling = rule.direction == "fall"
+                _push(extreme, falling, t, value)
+                while extreme[0][0] < t - rule.window:
+                    extreme.popleft()
+                best = extreme[0][1]
+                changes.append(best - value if falling else value - best)
+            return changes
         else:
             for rule, extreme in zip(self._rules, self._extremes, strict=True):
                 extreme.clear()
@@ -357,11 +364,43 @@ def _push(extreme: deque[tuple[float, float]], highest: bool, t: float, value: f
     extreme.append((t, value))
 
 
+class _News2Parts:
+    """news2.aggregate's total and risk, re-scoring only the parameters whose value (or, for
+    SpO2, scale or oxygen) changed since the last aggregate: most readings move one vital."""
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[float, int, bool, int]] = {}  # (value, scale, o2, score)
+
+    def total_and_risk(self, values: Sequence[float], consciousness: str, on_oxygen: bool,
+                       scale: int) -> tuple[int, str]:
+        """(total, risk) of news2.aggregate(*values, consciousness, on_oxygen, scale)."""
+        last = self._last
+        oxygen_part = news2.oxygen_score(on_oxygen)
+        consciousness_part = news2.consciousness_score(consciousness)
+        total = oxygen_part + consciousness_part
+        any_three = oxygen_part == 3 or consciousness_part == 3
+        for name, value in zip(news2.MEASURED, values, strict=True):
+            memo = last.get(name)
+            if memo is not None and memo[0] == value and memo[1] == scale and (
+                    memo[2] == on_oxygen):
+                part = memo[3]
+            else:
+                part = (news2.score(name, value, scale, on_oxygen) if name == "spo2"
+                        else news2.score(name, value))
+                last[name] = (value, scale, on_oxygen, part)
+            total += part
+            any_three = any_three or part == 3
+        return total, news2.clinical_risk(total, any_three)
+
+
 @dataclass(slots=True)
 class _PatientVitals:
     latest: dict[str, tuple[float, float]] = field(default_factory=dict)  # parameter -> (v, t)
     consciousness: tuple[str, float] | None = None
     oxygen: tuple[bool, float] | None = None
+    scores: _News2Parts = field(default_factory=_News2Parts)
 
 
 class _DeviceRates:
@@ -401,8 +440,51 @@ class _DeviceRates:
         return shown
 
 
+class _DeviceKeys:
+    """The condition keys of one device, built once instead of formatted per reading."""
+
+    __slots__ = ("device", "offline", "sensor_off", "low_signal", "implausible",
+                 "unit_mismatch")
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.offline = f"{OFFLINE}:{device}"
+        self.sensor_off = f"{SENSOR_OFF}:{device}"
+        self.low_signal = f"{LOW_SIGNAL}:{device}"
+        self.implausible = f"{IMPLAUSIBLE}:{device}"
+        self.unit_mismatch: dict[str, str] = {}  # quantity -> key
+
+    def mismatch(self, quantity: str) -> str:
+        key = self.unit_mismatch.get(quantity)
+        if key is None:
+            key = self.unit_mismatch[quantity] = f"{UNIT_MISMATCH}:{quantity}:{self.device}"
+        return key
+
+
+class _QuantityRules:
+    """What the rules need to know about one measured quantity, looked up once."""
+
+    __slots__ = ("low", "high", "spot", "guard", "rate_rules", "rate_keys", "parameter")
+
+    def __init__(self, quantity: str, config: EvaluatorConfig,
+                 rate_rules: tuple[RateRule, ...] | None) -> None:
+        self.low = f"{quantity}:low"
+        self.high = f"{quantity}:high"
+        self.spot = quantity in config.spot_quantities
+        self.guard = config.jump_guards.get(quantity)
+        self.rate_rules = rate_rules
+        self.rate_keys = tuple(rule.key for rule in rate_rules or ())
+        self.parameter = news2.QUANTITY_PARAMETER.get(quantity)
+
+
 class Evaluator:
-    """Turns readings and device/gateway state into alarm-condition changes."""
+    """Turns readings and device/gateway state into alarm-condition changes.
+
+    Speed (docs/alarms.md, "Performance"): most readings change nothing, so the reading path
+    looks up a condition's track only to find there is none, formats keys once per device
+    and quantity, and formats detail text only for a condition it reports. A track that
+    holds nothing (inactive, no grade building up) is dropped: it is indistinguishable from
+    a missing one."""
 
     def __init__(self, limits: LimitsBook, config: EvaluatorConfig | None = None,
                  continuous_link: Callable[[str], bool] | None = None) -> None:
@@ -425,82 +507,123 @@ class Evaluator:
         for rule in self.config.rate_rules:
             self._rules_by_quantity[rule.quantity] = (
                 *self._rules_by_quantity.get(rule.quantity, ()), rule)
+        self._device_keys: dict[str, _DeviceKeys] = {}
+        self._quantity_rules: dict[str, _QuantityRules] = {}
+        self._ranges: dict[tuple[str, str | None], tuple[float, float]] = {}  # possible values
 
     # ------------------------------------------------------------------ readings
 
     def evaluate(self, reading: Reading) -> list[Condition]:
         """All condition changes this reading causes (usually none)."""
         out: list[Condition] = []
-        device, t = reading.device, reading.time
-        self._device_patient[device] = reading.patient
-        if not reading.manual and self._offline_tracked(device):
-            if t > self._last_seen.get(device, -math.inf):
-                self._last_seen[device] = t
-            self._technical(out, reading.patient, device, OFFLINE, None, t, "")
-        if reading.quantity == news2.CONSCIOUSNESS:
+        patient, device, t = reading.patient, reading.device, reading.time
+        tracks = self._tracks
+        keys = self._device_keys.get(device)
+        if keys is None:
+            keys = self._device_keys[device] = _DeviceKeys(device)
+        self._device_patient[device] = patient
+        if not reading.manual:
+            tracked = self._tracked_devices.get(device)
+            if tracked is None:
+                tracked = self._offline_tracked(device)
+            if tracked:
+                if t > self._last_seen.get(device, -math.inf):
+                    self._last_seen[device] = t
+                if (patient, keys.offline) in tracks:
+                    self._technical(out, patient, device, OFFLINE, None, t, "")
+        quantity = reading.quantity
+        if quantity == news2.CONSCIOUSNESS:
             self._consciousness(out, reading)
             return out
-        if reading.quantity == news2.OXYGEN:
+        if quantity == news2.OXYGEN:
             self._observe(out, reading, news2.OXYGEN)
             return out
-        if not self._passes_artefact_guards(out, reading):
+        rules = self._quantity_rules.get(quantity)
+        if rules is None:
+            rules = self._quantity_rules[quantity] = _QuantityRules(
+                quantity, self.config, self._rules_by_quantity.get(quantity))
+        if not self._passes_artefact_guards(out, reading, keys, rules):
             return out
-        if reading.quantity == "bat":
+        if quantity == "bat":
             low = reading.value <= self.config.battery_low
-            self._technical(out, reading.patient, device, BATTERY_LOW, Grade.BLUE if low else None,
+            self._technical(out, patient, device, BATTERY_LOW, Grade.BLUE if low else None,
                             t, f"battery {reading.value:g} %", value=reading.value)
             return out
-        resolved = self.limits.resolve(reading.patient, t)
-        vitals_state = self._patients.get(reading.patient)
+        resolved = self.limits.resolve(patient, t)
+        vitals_state = self._patients.get(patient)
         observed_oxygen = self._fresh_oxygen(vitals_state, t)
-        limits = resolved.for_quantity(reading.quantity, observed_oxygen)
-        immediate = reading.manual or reading.quantity in self.config.spot_quantities
+        limits = resolved.for_quantity(quantity, observed_oxygen)
+        immediate = reading.manual or rules.spot
         if limits is not None:
-            self._thresholds(out, reading, limits, resolved, immediate)
-        self._rates(out, reading)
-        parameter = news2.QUANTITY_PARAMETER.get(reading.quantity)
-        if parameter is not None:
-            self._observe(out, reading, parameter, immediate)
+            self._thresholds(out, reading, keys, rules, limits, resolved, immediate)
+        if rules.rate_rules:
+            self._rates(out, reading, rules.rate_rules, rules.rate_keys)
+        if rules.parameter is not None:
+            self._observe(out, reading, rules.parameter, immediate)
         return out
 
-    def _passes_artefact_guards(self, out: list[Condition], reading: Reading) -> bool:
+    def _passes_artefact_guards(self, out: list[Condition], reading: Reading, keys: _DeviceKeys,
+                                rules: _QuantityRules) -> bool:
         patient, device, t, value = reading.patient, reading.device, reading.time, reading.value
-        clean = True
-        for name, flagged in ((FINGER_OFF, reading.finger_off), (SENSOR_OFF, reading.sensor_off)):
-            self._artefact(out, patient, device, name, flagged, t, f"{name} reported by sensor")
-            clean = clean and not flagged
+        tracks = self._tracks
+        finger_off, sensor_off = reading.finger_off, reading.sensor_off
+        # One condition, sensor-off (the issue's technical alarm, and what a device's sensor-off
+        # event raises); a finger taken off is one cause of it, named in the detail. Raised at
+        # once like that event: the device's own statement that nothing is measured is not a
+        # noisy value for persistence to confirm.
+        off = finger_off or sensor_off
+        if off or (patient, keys.sensor_off) in tracks:
+            cause = FINGER_OFF if finger_off else SENSOR_OFF
+            self._artefact(out, patient, device, SENSOR_OFF, keys.sensor_off, off, t,
+                           f"{cause} reported by sensor", immediate=True)
+        clean = not off
         sq = reading.signal_quality
         if sq is not None:
             low = sq < self.config.min_signal_quality
-            self._artefact(out, patient, device, LOW_SIGNAL, low, t,
-                           f"signal quality {sq:g} below {self.config.min_signal_quality:g}")
+            if low or (patient, keys.low_signal) in tracks:
+                self._artefact(
+                    out, patient, device, LOW_SIGNAL, keys.low_signal, low, t,
+                    f"signal quality {sq:g} below {self.config.min_signal_quality:g}" if low
+                    else "")
             clean = clean and not low
         if not clean:
             return False
-        try:
-            vitals.check_value(reading.quantity, value, reading.unit)
-        except ValidationError as exc:
-            self._artefact(out, patient, device, IMPLAUSIBLE, True, t,
-                           f"{reading.quantity}: {exc.reason}")
-            return False
-        jump = self._implausible_jump(reading)
-        self._artefact(out, patient, device, IMPLAUSIBLE, jump is not None, t, jump or "")
+        # vitals.check_value, with the possible range looked up once per quantity and unit
+        quantity, unit = reading.quantity, reading.unit
+        possible = self._ranges.get((quantity, unit))
+        kind = type(value)
+        if possible is None or (kind is not float and kind is not int) or not (
+                possible[0] <= value <= possible[1]):  # NaN and the infinities fail this too
+            try:
+                vitals.check_value(quantity, value, unit)
+            except ValidationError as exc:
+                self._artefact(out, patient, device, IMPLAUSIBLE, keys.implausible, True, t,
+                               f"{quantity}: {exc.reason}")
+                return False
+            if possible is None:
+                entry = vitals.quantity(quantity)["limits"][vitals.check_unit(quantity, unit)]
+                self._ranges[(quantity, unit)] = (entry[0], entry[1])
+        jump = self._implausible_jump(reading, rules.guard)
+        if jump is not None or (patient, keys.implausible) in tracks:
+            self._artefact(out, patient, device, IMPLAUSIBLE, keys.implausible,
+                           jump is not None, t, jump or "")
         return jump is None
 
-    def _implausible_jump(self, reading: Reading) -> str | None:
+    def _implausible_jump(self, reading: Reading, guard: JumpGuard | None) -> str | None:
         """None if the value is plausible (and now accepted), else why it is not."""
-        guard = self.config.jump_guards.get(reading.quantity)
         key = (reading.device, reading.quantity)
         value, t = float(reading.value), reading.time
         last = self._accepted.get(key)
-        if guard is None or last is None or reading.manual or guard.allows(
-                value - last.value, t - last.time):
+        if last is None:
             self._accepted[key] = _AcceptedValue(value, t)
+            return None
+        if guard is None or reading.manual or guard.allows(value - last.value, t - last.time):
+            last.value, last.time, last.pending = value, t, None
             return None
         pending = last.pending
         if pending is not None and guard.allows(value - pending[1], t - pending[2]):
             if t - pending[0] >= self.config.jump_confirm_after:
-                self._accepted[key] = _AcceptedValue(value, t)  # the new level is real
+                last.value, last.time, last.pending = value, t, None  # the new level is real
                 return None
             last.pending = (pending[0], value, t)
         else:
@@ -508,48 +631,54 @@ class Evaluator:
         return (f"{reading.quantity} jumped {last.value:g} -> {value:g} "
                 f"in {t - last.time:g} s (implausible)")
 
-    def _thresholds(self, out: list[Condition], reading: Reading, limits: QuantityLimits,
-                    resolved: ResolvedLimits, immediate: bool) -> None:
-        q = reading.quantity
+    def _thresholds(self, out: list[Condition], reading: Reading, keys: _DeviceKeys,
+                    rules: _QuantityRules, limits: QuantityLimits, resolved: ResolvedLimits,
+                    immediate: bool) -> None:
+        q, patient, t = reading.quantity, reading.patient, reading.time
+        tracks = self._tracks
         mismatch = reading.unit != limits.unit
-        self._technical(out, reading.patient, reading.device, f"{UNIT_MISMATCH}:{q}",
-                        Grade.BLUE if mismatch else None, reading.time,
-                        f"{q} in {reading.unit} but limits are in {limits.unit}")
+        if mismatch or (patient, keys.mismatch(q)) in tracks:
+            self._technical(out, patient, reading.device, f"{UNIT_MISMATCH}:{q}",
+                            Grade.BLUE if mismatch else None, t,
+                            f"{q} in {reading.unit} but limits are in {limits.unit}")
         if mismatch:
             return  # never compare numbers in different units
         value = float(reading.value)
-        for side, raw in (("low", limits.grade_low(value)), ("high", limits.grade_high(value))):
-            key = f"{q}:{side}"
-            if self._step(reading.patient, key, raw, reading.time, immediate):
-                track = self._tracks[(reading.patient, key)]
+        low_grade, high_grade = limits.grades(value)
+        for side, key, raw in (("low", rules.low, low_grade), ("high", rules.high, high_grade)):
+            if raw is None and (patient, key) not in tracks:
+                continue  # nothing to clear, nothing building up
+            track = self._step(patient, key, raw, t, immediate)
+            if track is not None:
                 out.append(Condition(
-                    key, THRESHOLD, track.active, reading.time, reading.patient, reading.device,
-                    q, reading.value,
+                    key, THRESHOLD, track.active, t, patient, reading.device, q, reading.value,
                     f"{q} {value:g} {limits.unit} ({side}); limits: "
                     f"{resolved.provenance(q).describe()}"))
 
-    def _rates(self, out: list[Condition], reading: Reading) -> None:
-        rules = self._rules_by_quantity.get(reading.quantity)
-        if not rules:
-            return
+    def _rates(self, out: list[Condition], reading: Reading, rules: tuple[RateRule, ...],
+               keys: tuple[str, ...]) -> None:
         state = self._rate_state.get((reading.patient, reading.quantity))
         if state is None:
             state = self._rate_state[(reading.patient, reading.quantity)] = _DeviceRates(
                 self._max_rate_window, rules)
         t = reading.time
         shown = state.add(reading.device, t, float(reading.value))
-        for rule, (change, device, value) in zip(rules, shown, strict=True):
+        tracks = self._tracks
+        for rule, key, (change, device, value) in zip(rules, keys, shown, strict=True):
             raw = rule.grade if change >= rule.delta else None
+            if raw is None and (reading.patient, key) not in tracks:
+                continue
             # fires at once (the window is its persistence), clears after clear_after
-            if self._step(reading.patient, rule.key, raw, t, True, self.config.clear_after):
+            if self._step(reading.patient, key, raw, t, True,
+                          self.config.clear_after) is not None:
                 out.append(Condition(
-                    rule.key, RATE, raw, t, reading.patient, device, reading.quantity, value,
+                    key, RATE, raw, t, reading.patient, device, reading.quantity, value,
                     f"{reading.quantity} {rule.direction} of {change:g} within "
                     f"{rule.window:g} s on {device} (rule: >= {rule.delta:g})"))
 
     def _consciousness(self, out: list[Condition], reading: Reading) -> None:
         raw = Grade.RED if news2.consciousness_score(str(reading.value)) else None
-        if self._step(reading.patient, news2.CONSCIOUSNESS, raw, reading.time, True):
+        if self._step(reading.patient, news2.CONSCIOUSNESS, raw, reading.time, True) is not None:
             out.append(Condition(news2.CONSCIOUSNESS, THRESHOLD, raw, reading.time,
                                  reading.patient, reading.device, news2.CONSCIOUSNESS,
                                  reading.value, f"ACVPU {reading.value} (manual)"))
@@ -558,7 +687,9 @@ class Evaluator:
     def _observe(self, out: list[Condition], reading: Reading, parameter: str,
                  immediate: bool = True) -> None:
         """Record a NEWS2 input and re-score the aggregate if every vital is fresh."""
-        state = self._patients.setdefault(reading.patient, _PatientVitals())
+        state = self._patients.get(reading.patient)
+        if state is None:
+            state = self._patients[reading.patient] = _PatientVitals()
         t = reading.time
         if parameter == news2.CONSCIOUSNESS:
             state.consciousness = (str(reading.value), t)
@@ -567,28 +698,29 @@ class Evaluator:
         else:
             state.latest[parameter] = (float(reading.value), t)
         fresh_after = t - self.config.news2_freshness
+        latest = state.latest
         values = []
         for name in news2.MEASURED:
-            latest = state.latest.get(name)
-            if latest is None or latest[1] < fresh_after:
+            entry = latest.get(name)
+            if entry is None or entry[1] < fresh_after:
                 return
-            values.append(latest[0])
+            values.append(entry[0])
         resolved = self.limits.resolve(reading.patient, t)
         oxygen = self._fresh_oxygen(state, t)
         consciousness = state.consciousness
         level = "A" if consciousness is None or consciousness[1] < fresh_after else consciousness[0]
-        result = news2.aggregate(
-            *values, consciousness=level,
-            on_oxygen=resolved.on_oxygen if oxygen is None else oxygen,
-            scale=resolved.spo2_scale)
-        raw = grade_for_risk(result.risk)
-        if self._step(reading.patient, NEWS2, raw, t, immediate):
+        total, risk = state.scores.total_and_risk(
+            values, level, resolved.on_oxygen if oxygen is None else oxygen, resolved.spo2_scale)
+        raw = grade_for_risk(risk)
+        if raw is None and (reading.patient, NEWS2) not in self._tracks:
+            return
+        track = self._step(reading.patient, NEWS2, raw, t, immediate)
+        if track is not None:
             assessed = "" if consciousness is not None and consciousness[1] >= fresh_after else (
                 "; consciousness not assessed, alert assumed")
             out.append(Condition(
-                NEWS2, NEWS2, self._tracks[(reading.patient, NEWS2)].active, t, reading.patient,
-                reading.device, None, result.total,
-                f"NEWS2 {result.total} ({result.risk} risk){assessed}"))
+                NEWS2, NEWS2, track.active, t, reading.patient, reading.device, None, total,
+                f"NEWS2 {total} ({risk} risk){assessed}"))
 
     def _fresh_oxygen(self, state: _PatientVitals | None, t: float) -> bool | None:
         if state is None or state.oxygen is None:
@@ -667,23 +799,29 @@ class Evaluator:
     # ------------------------------------------------------------------ plumbing
 
     def _step(self, patient: str | None, key: str, raw: Grade | None, t: float,
-              immediate: bool, clear_after: float | None = None) -> bool:
-        """Debounce one condition. clear_after None: an immediate condition clears at the
-        first normal observation, the others after config.clear_after."""
-        track = self._tracks.get((patient, key))
+              immediate: bool, clear_after: float | None = None) -> _Track | None:
+        """Debounce one condition: its track if the reported grade changed, else None.
+        clear_after None: an immediate condition clears at the first normal observation,
+        the others after config.clear_after."""
+        tracks = self._tracks
+        track = tracks.get((patient, key))
         if track is None:
             if raw is None:
-                return False  # nothing to clear, no state worth keeping
-            track = self._tracks[(patient, key)] = _Track()
+                return None  # nothing to clear, no state worth keeping
+            track = tracks[(patient, key)] = _Track()
         if clear_after is None:
             clear_after = 0.0 if immediate else self.config.clear_after
-        return track.step(t, raw, self.config.persistence, clear_after, immediate)
+        changed = track.step(t, raw, self.config.persistence, clear_after, immediate)
+        if raw is None and track.active is None:
+            del tracks[(patient, key)]  # holds nothing now: the same as no track at all
+        return track if changed else None
 
-    def _artefact(self, out: list[Condition], patient: str, device: str, name: str,
-                  flagged: bool, t: float, detail: str) -> None:
-        key = f"{name}:{device}"
-        if self._step(patient, key, Grade.BLUE if flagged else None, t, False):
-            grade = self._tracks[(patient, key)].active
+    def _artefact(self, out: list[Condition], patient: str, device: str, name: str, key: str,
+                  flagged: bool, t: float, detail: str, immediate: bool = False) -> None:
+        """detail: why, when flagged (unused otherwise: a cleared condition says it ended)."""
+        track = self._step(patient, key, Grade.BLUE if flagged else None, t, immediate)
+        if track is not None:
+            grade = track.active
             out.append(Condition(key, ARTEFACT, grade, t, patient, device,
                                  detail=detail if grade is not None else f"{name} ended"))
 
@@ -691,7 +829,7 @@ class Evaluator:
                    name: str, raw: Grade | None, t: float, detail: str,
                    value: float | str | None = None) -> None:
         key = name if device is None else f"{name}:{device}"
-        if self._step(patient, key, raw, t, True):
+        if self._step(patient, key, raw, t, True) is not None:
             out.append(Condition(key, TECHNICAL, raw, t, patient, device, value=value,
                                  detail=detail if raw is not None else f"{name} ended"))
 

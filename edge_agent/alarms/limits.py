@@ -51,6 +51,15 @@ class QuantityLimits:
     quantity: str
     unit: str
     bands: tuple[Band, ...]
+    # Every value in [calm_low, calm_high] raises no band (NaN never is: it takes the loop).
+    _calm_low: float = field(init=False, repr=False, compare=False)
+    _calm_high: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        lows = [band.low for band in self.bands if band.low is not None]
+        highs = [band.high for band in self.bands if band.high is not None]
+        object.__setattr__(self, "_calm_low", max(lows, default=-math.inf))
+        object.__setattr__(self, "_calm_high", min(highs, default=math.inf))
 
     @classmethod
     def build(cls, quantity: str, unit: str | None,
@@ -74,6 +83,13 @@ class QuantityLimits:
             if band.high is not None and value > band.high:
                 return band.grade
         return None
+
+    def grades(self, value: float) -> tuple[Grade | None, Grade | None]:
+        """(grade_low(value), grade_high(value)), at the cost of two comparisons for a value
+        that raises neither (the common case)."""
+        if self._calm_low <= value <= self._calm_high:
+            return None, None
+        return self.grade_low(value), self.grade_high(value)
 
     def grade(self, value: float) -> Grade | None:
         """The most severe grade `value` raises on either side."""
@@ -190,15 +206,27 @@ class ResolvedLimits:
     on_oxygen: bool
     overrides: dict[str, LimitOverride] = field(default_factory=dict)
     setting_sources: dict[str, Provenance] = field(default_factory=dict)
+    # for_quantity's answers: valid as long as this object, which LimitsBook replaces when
+    # an override is added or the next validity boundary is reached
+    _answers: dict[tuple[str, bool | None], QuantityLimits | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def for_quantity(self, quantity: str, on_oxygen: bool | None = None) -> QuantityLimits | None:
         """Limits of `quantity` (None if it has none). `on_oxygen`: an observed oxygen
         state that replaces the prescribed one for the default SpO2 scale-2 bands."""
+        key = (quantity, on_oxygen)
+        try:
+            return self._answers[key]
+        except KeyError:
+            pass
         override = self.overrides.get(quantity)
         if override is not None:
-            return override.limits
-        oxygen = self.on_oxygen if on_oxygen is None else on_oxygen
-        return news2_default(quantity, self.spo2_scale, oxygen)
+            limits: QuantityLimits | None = override.limits
+        else:
+            oxygen = self.on_oxygen if on_oxygen is None else on_oxygen
+            limits = news2_default(quantity, self.spo2_scale, oxygen)
+        self._answers[key] = limits
+        return limits
 
     def provenance(self, quantity: str) -> Provenance:
         override = self.overrides.get(quantity)
