@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.alarms import scenarios
+from edge_agent.alarms.evaluator import FINGER_OFF, SENSOR_OFF
 from edge_agent.alarms.grades import Grade
 from simulator.report import AlarmOutcome, RunRecord, Sample, exit_status, summarise, write_report
 
@@ -61,6 +62,8 @@ CLINICAL_GRADES = tuple(g.label for g in Grade if g is not Grade.BLUE)
 ACK_TIMEOUT_S = 15.0        # one scenario second's batches must be acknowledged within this
 DRAIN_TIMEOUT_S = 20.0      # after the last second: outbox empty, centre has every reading
 RESEND_AFTER_S = 1.0
+SENSOR_ON = "sensor-on"  # the device-events the firmware sends (firmware/sampling.py)
+FINGER_ON = "finger-on"
 
 
 class ScenarioRunError(RuntimeError):
@@ -91,8 +94,10 @@ def plan_replay(scenario: scenarios.Scenario) -> list[Second]:
         batch = second.batches.setdefault(reading.device, [])
         if reading.finger_off != finger_off[reading.device]:
             finger_off[reading.device] = reading.finger_off
-            name = "sensor-off" if reading.finger_off else "sensor-on"
-            cause = "finger-off" if reading.finger_off else "finger-on"
+            # As firmware/sampling.py reports it: the technical condition is the sensor's
+            # (the agent raises `sensor-off:<device>`); a finger taken off is its cause.
+            name = SENSOR_OFF if reading.finger_off else SENSOR_ON
+            cause = FINGER_OFF if reading.finger_off else FINGER_ON
             second.events.setdefault(reading.device, []).append(
                 {"event": name, "time": int(reading.time), "cause": cause})
         quality = 0.0 if reading.finger_off else reading.signal_quality

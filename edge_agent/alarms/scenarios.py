@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from edge_agent.alarms import news2
-from edge_agent.alarms.evaluator import EvaluatorConfig, Reading
+from edge_agent.alarms.evaluator import SENSOR_OFF, EvaluatorConfig, Reading
 from edge_agent.alarms.grades import Grade, grade_for_risk
 from edge_agent.alarms.limits import news2_default
 
@@ -250,8 +250,9 @@ def expected_timeline(readings: Sequence[Reading], artefacts: frozenset[int], st
         if r.signal_quality is not None:
             low = r.signal_quality < config.min_signal_quality
             sample(f"low-signal:{r.device}", r.time, Grade.BLUE if low else None, False)
-        if r.finger_off or (f"finger-off:{r.device}" in samples):
-            sample(f"finger-off:{r.device}", r.time, Grade.BLUE if r.finger_off else None, False)
+        off_key = f"{SENSOR_OFF}:{r.device}"  # a finger taken off is a cause of sensor-off
+        if r.finger_off or r.sensor_off or off_key in samples:
+            sample(off_key, r.time, Grade.BLUE if r.finger_off or r.sensor_off else None, True)
         suppressed = r.finger_off or r.sensor_off or (
             r.signal_quality is not None and r.signal_quality < config.min_signal_quality)
         if not suppressed and index not in artefacts:

@@ -175,9 +175,12 @@ def test_low_signal_quality_suppresses_and_raises_a_technical_alarm() -> None:
 def test_finger_off_and_sensor_off_flags() -> None:
     ev = Evaluator(LimitsBook())
     out = run(ev, series("spo2", [0] * 6, finger_off=True))
-    assert [(c.key, c.grade, c.time) for c in out] == [("finger-off:D1", B, 5)]
+    # At once, as the device's sensor-off event raises it: no persistence for a device's own
+    # statement that nothing is measured.
+    assert [(c.key, c.grade, c.time) for c in out] == [("sensor-off:D1", B, 0)]
+    assert out[0].detail == "finger-off reported by sensor"  # the cause, in the detail
     out = run(ev, series("pr", [0] * 6, start=10, sensor_off=True, device="D2"))
-    assert [(c.key, c.grade, c.time) for c in out] == [("sensor-off:D2", B, 15)]
+    assert [(c.key, c.grade, c.time) for c in out] == [("sensor-off:D2", B, 10)]
 
 
 def test_implausible_jumps_are_suppressed_until_the_new_level_holds() -> None:

@@ -82,7 +82,7 @@ def test_the_timelines_say_what_the_clinical_story_says() -> None:
     assert ExpectedAlarm(R, "sys:low", sys_red) in hypo.expected
     assert keys(hypo)["news2"][-1].grade is R
     motion = BUILT["motion-artefact"]
-    assert {e.key for e in motion.expected} == {"low-signal:sim-ox-1", "finger-off:sim-ox-1"}
+    assert {e.key for e in motion.expected} == {"low-signal:sim-ox-1", "sensor-off:sim-ox-1"}
     assert all(e.grade is B for e in motion.expected)
 
 

@@ -43,6 +43,25 @@ def test_plan_sends_every_reading_once_with_its_quality():
     assert replay_speed(plan, "auto") is None                     # lock-step only
 
 
+def test_a_finger_off_has_one_name_from_firmware_event_to_expected_timeline():
+    """The firmware reports a finger taken off as device-event `sensor-off` (cause
+    `finger-off`); the agent raises the technical condition `sensor-off:<device>` for it
+    (service._device_event -> evaluator.device_status); the scenario's expected timeline
+    must name that same condition, or the run judges a correct alarm as missing."""
+    from edge_agent.alarms.evaluator import SENSOR_OFF, DeviceStatus, Evaluator
+    from edge_agent.alarms.limits import LimitsBook
+
+    scenario = scenarios.build("motion-artefact", start=0.0)
+    (off,) = [(s.offset, e) for s in plan_replay(scenario)
+              for e in s.events.get(scenarios.OXIMETER, []) if e["event"] == SENSOR_OFF]
+    raised = Evaluator(LimitsBook()).device_status(
+        DeviceStatus(scenarios.OXIMETER, "p-0001", off[0], sensor_off=True))
+    assert [c.key for c in raised] == [f"sensor-off:{scenarios.OXIMETER}"]
+    expected = {e.key for e in scenario.expected if e.grade is Grade.BLUE}
+    assert raised[0].key in expected
+    assert not any(key.startswith("finger-off") for key in expected)
+
+
 def test_plan_reports_a_finger_off_as_events_not_values():
     scenario = scenarios.build("motion-artefact", start=0.0)
     plan = plan_replay(scenario)
