@@ -86,15 +86,25 @@ class PubackOutcome:
     transient: bool  # a refusal worth retrying soon (meaningless when delivered)
 
 
-def classify_puback(code: int) -> PubackOutcome:
-    """What a PUBACK reason code means for a journal row. Anything not known to mean
-    "delivered" is a refusal — including codes a PUBACK may not carry (a broker bug)."""
+def _classify(code: int) -> PubackOutcome:
     name = PUBACK_REASONS.get(code, f"unknown reason 0x{code:02x}")
     if code in DELIVERED_REASONS:
         return PubackOutcome(code, name, True, False)
     # Codes below 0x80 other than 0x00/0x10 are not valid in a PUBACK: treat as transient.
     transient = code in TRANSIENT_REASONS or code not in PUBACK_REASONS
     return PubackOutcome(code, name, False, transient)
+
+
+# Every PUBACK is classified twice (transmission observer, delivery loop): answer the one-byte
+# codes from a table of the same (frozen) outcomes.
+_OUTCOMES = {code: _classify(code) for code in range(256)}
+
+
+def classify_puback(code: int) -> PubackOutcome:
+    """What a PUBACK reason code means for a journal row. Anything not known to mean
+    "delivered" is a refusal — including codes a PUBACK may not carry (a broker bug)."""
+    known = _OUTCOMES.get(code)
+    return known if known is not None else _classify(code)
 
 
 # -- configuration ------------------------------------------------------------------------------
@@ -137,7 +147,7 @@ class LinkConfig:
     tls: TlsFiles | None = None
     keepalive_s: int = 30
     session_expiry_s: int = 3600  # how long the broker keeps our subscription and receipts
-    max_inflight: int = 256  # paho's own cap; the delivery window is smaller
+    max_inflight: int = 256  # paho's own cap; LinkUp caps the delivery window by it
     backoff: BackoffPolicy = BackoffPolicy()
 
     def __post_init__(self) -> None:
@@ -154,7 +164,9 @@ class LinkConfig:
 @dataclass(frozen=True, slots=True)
 class LinkUp:
     session_present: bool
-    receive_maximum: int  # the broker's limit on our unacknowledged QoS 1 publishes
+    # our unacknowledged QoS 1 publishes the link carries at once: the broker's Receive
+    # Maximum, capped by paho's own limit (LinkConfig.max_inflight)
+    receive_maximum: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,8 +383,12 @@ class MqttLink:
         info = client.publish(self.status_topic, status_payload(True), qos=1, retain=True)
         with self._own_lock:
             self._own_mids.add(info.mid)
-        receive_maximum = getattr(properties, "ReceiveMaximum", 65535)
-        self._post(LinkUp(bool(flags.session_present), int(receive_maximum)))
+        # Past paho's own cap paho queues publishes in one FIFO: an alarm would wait behind
+        # every routine message queued before it. Reporting the lower of the two limits keeps
+        # the delivery window (and its urgent reserve) inside what goes out at once.
+        receive_maximum = min(int(getattr(properties, "ReceiveMaximum", 65535)),
+                              self.config.max_inflight)
+        self._post(LinkUp(bool(flags.session_present), receive_maximum))
 
     def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
         delay = self._backoff.next_delay()
