@@ -271,7 +271,7 @@ _kind("agent.started", "the edge agent started", {"version": IDENT})
 _kind("agent.stopped", "the edge agent stopped", {"reason": TEXT})
 _kind("storage.deleted", "rows deleted from the reading journal (retention or disk budget)",
       {"action": IDENT, "rows": COUNT, "bytes": COUNT})
-# GAPS helper: BlueZ pairing (edge_agent/ble/pairing_agent.py, `vitalbridge ble`); subject
+# BlueZ pairing (edge_agent/ble/pairing_agent.py, `vitalbridge ble`); subject
 # "bluetooth:<address>". `suppressed` = repeated decisions not recorded since the last one.
 _kind("pairing.decision", "the BlueZ pairing agent accepted or refused a pairing request",
       {"decision": _enum("accepted", "refused"), "method": IDENT, "reason": TEXT},
