@@ -572,22 +572,27 @@ class AgentService:
             self.alarms.readings(readings, outcome.received_at)
 
     def _durable(self, outcomes: list[Outcome]) -> None:
+        # Readings counted once per group and label pair (the same sums, one update each).
+        ingested: dict[tuple[str, str], int] = {}
         for outcome in outcomes:
             if outcome.verdict is not None:
-                self._durable_verdict(outcome, outcome.verdict)
+                self._durable_verdict(outcome, outcome.verdict, ingested)
             elif outcome.attested is not None:
                 attested = outcome.attested
                 for message in attested.journal:
-                    self._reception_entry(outcome.link, message, "attested")
+                    self._reception_entry(outcome.link, message, "attested", ingested)
                 for entry in attested.quarantine:
                     self._quarantine_entry(outcome.link, entry)
             elif outcome.quarantine is not None:
                 self._quarantine_entry(outcome.link, outcome.quarantine)
+        for (transport, verdict), count in ingested.items():
+            self.metrics.count_ingest(transport, verdict, count)
 
-    def _durable_verdict(self, outcome: Outcome, verdict: verdicts.Verdict) -> None:
+    def _durable_verdict(self, outcome: Outcome, verdict: verdicts.Verdict,
+                         ingested: dict[tuple[str, str], int]) -> None:
         link = outcome.link
         for message in verdict.journal:
-            self._reception_entry(link, message, "sealed")
+            self._reception_entry(link, message, "sealed", ingested)
         for entry in verdict.quarantine:
             self._quarantine_entry(link, entry)
         for gap in verdict.gaps:
@@ -601,9 +606,16 @@ class AgentService:
             log.warning("%s sent an enrollment request: enroll devices with the technician's "
                         "tools, the agent does not", link.link)
 
-    def _reception_entry(self, link: LinkRef, message: NewMessage, verdict: str) -> None:
+    def _reception_entry(self, link: LinkRef, message: NewMessage, verdict: str,
+                         ingested: dict[tuple[str, str], int] | None = None) -> None:
+        """The event-journal entry of a journaled message; its readings are counted at
+        once, or added to `ingested` for the caller to count."""
         if message.kind == topics.UP_READINGS:  # manual entries too (transport "manual")
-            self.metrics.count_ingest(link.transport, verdict, message.count)
+            if ingested is None:
+                self.metrics.count_ingest(link.transport, verdict, message.count)
+            else:
+                labels = (link.transport, verdict)
+                ingested[labels] = ingested.get(labels, 0) + message.count
         details: dict[str, Any] = {"device": link.device_id, "transport": link.transport,
                                    "verdict": verdict, "count": message.count,
                                    "digest": message.digest.hex()}

@@ -11,7 +11,8 @@ handshake's accept at once (it needs no durability), hands each verified outcome
     journal.append_many + journal.quarantine   (one group commit, one fsync)
     -> verifier.committed_many                  (trackers updated, device-acks built)
     -> state-store write on the store thread    (trackers persisted, one fsync)
-    -> device-acks sent back over the link the message came in on
+    -> device-acks sent back over the link the message came in on (each distinct ack
+       once per pass: identical acks of one session say the same; see _acknowledge)
     -> on_durable(outcomes)                     (event journal, metrics: the service)
 
 Rules before the commit (decision, docs/agent.md): readings go to the rules engine as soon as
@@ -104,7 +105,7 @@ class ReceptionCounters:
     failed: int = 0  # items the gateway could not process (directory or state store down)
     commits: int = 0
     commit_failures: int = 0
-    acks_sent: int = 0
+    acks_sent: int = 0  # device-ack writes: one per distinct ack and link per pass
     ack_failures: int = 0
     replies: int = 0
     pending: int = 0
@@ -301,8 +302,10 @@ class Reception:
                     self._on_verified(outcome)
                 except Exception:
                     log.exception("handing on a verified outcome failed")
-        urgent = [o for o in outcomes if o.urgent]
-        routine = [o for o in outcomes if not o.urgent]
+        urgent: list[Outcome] = []
+        routine: list[Outcome] = []
+        for outcome in outcomes:
+            (urgent if outcome.urgent else routine).append(outcome)
         for group in (urgent, routine):
             if group:
                 task = asyncio.create_task(self._commit(group))
@@ -380,14 +383,27 @@ class Reception:
             await asyncio.get_running_loop().run_in_executor(
                 self._store_thread, self._state_store.write_progress, progress)
         sessions = self.verifier.sessions
+        # One write per distinct ack and link. committed_many builds every ack of a session
+        # after the whole pass is recorded, so they share upto and checkpoints_upto and
+        # differ only in a batch's own range (until the device's first checkpoint, or
+        # behind a gap): byte-identical acks say the same, and the device applies each
+        # cumulatively (firmware/outbox.py AckState.apply), so one copy acknowledges every
+        # batch it was built for; distinct acks all go out. (Each write costs the device
+        # an HMAC check; a steady device sees one ack per pass instead of one per batch.)
+        written: dict[tuple[LinkRef, bytes], bool] = {}
         for outcome, ack in zip(firmware, acks, strict=True):
+            if ack is None:
+                continue
             plan = outcome.verdict.ack if outcome.verdict is not None else None
             if plan is not None and sessions.current(plan.device_id) is None:
                 # Withdrawn during the write: committed_many would now build no ack.
                 continue
-            if ack is not None:
-                outcome.acked = self._send(outcome.link, ack)
-                self.counters.acks_sent += outcome.acked
+            key = (outcome.link, ack)
+            acked = written.get(key)
+            if acked is None:
+                acked = written[key] = self._send(outcome.link, ack)
+                self.counters.acks_sent += acked
+            outcome.acked = acked
 
     def _send(self, link: LinkRef, payload: bytes) -> bool:
         try:

@@ -30,6 +30,8 @@ from protocol.errors import ValidationError
 
 log = logging.getLogger("vitalbridge.agent.eventlog")
 _TIME_LIMIT_MS = 1 << 53
+# A float time in [0, this) always passes _check_time: round(at * 1000) < 2**53 ms.
+_PLAIN_TIME_LIMIT_S = 9.0e12
 
 
 def _check_time(at: object) -> None:
@@ -38,6 +40,8 @@ def _check_time(at: object) -> None:
     retry of its batch and hold up every entry recorded after it."""
     if (isinstance(at, bool) or not isinstance(at, int | float)
             or (isinstance(at, float) and not math.isfinite(at))
+            # outside these bounds to_ms is out of range anyway (or overflows, 1e306)
+            or not -1 <= at <= _TIME_LIMIT_MS
             or not 0 <= to_ms(at) < _TIME_LIMIT_MS):
         raise ValidationError("at", f"time {at!r} is not seconds since 1970 the journal holds")
 
@@ -87,8 +91,8 @@ class EventRecorder:
             return False
         try:
             kind, actor, subject, clean = event_kinds.validate(kind, actor, subject, details)
-            if at is not None:
-                _check_time(at)
+            if at is not None and not (type(at) is float and 0.0 <= at < _PLAIN_TIME_LIMIT_S):
+                _check_time(at)  # the full test for all but a plain float seconds value
         except ValidationError as exc:
             self.refused += 1
             log.error("event %s refused by the event journal's rule: %s", kind, exc)

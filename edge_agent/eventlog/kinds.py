@@ -1,7 +1,10 @@
 """The kinds of event the tamper-evident journal records, and the rule for their details.
 
 Every kind declares its fields and their types; `validate(kind, actor, subject, details)`
-returns a clean copy of the details or raises ValidationError naming the field.
+returns a clean copy of the details or raises ValidationError naming the field. The usual
+entry (a plain dict of exact str/int values: one per received batch and per transmission)
+takes a fast path, `quick_details`, that answers only with the very copy the full rule
+returns; anything else, every refusal included, is decided by the full rule.
 
 The rule (docs/eventlog.md): the event journal is evidence an auditor may read, export and
 hand on, so it NEVER holds key material or patient data.
@@ -77,6 +80,9 @@ class FieldType:
     public_blob: bool = False
     secret_name_ok: bool = False  # may be named like "key" (key ids, public keys, digests)
     choices: tuple[str, ...] = ()  # for enumerations
+    # Sufficient, never necessary: True only for a value `check` returns as it is and the
+    # blob rule cannot refuse (validate's fast path); None: always the full rule.
+    quick: Callable[[Any], bool] | None = None
 
 
 def _is_int(value: object) -> bool:
@@ -126,7 +132,57 @@ def _enum(*choices: str) -> FieldType:
         if value not in choices or not isinstance(value, str):
             raise ValueError("must be one of " + ", ".join(choices))
         return value
-    return FieldType("one of " + "|".join(choices), check, choices=choices)
+    short = frozenset(c for c in choices if len(c) < _SHORTEST_BLOB)
+
+    def quick(value: object) -> bool:
+        return type(value) is str and value in short
+    return FieldType("one of " + "|".join(choices), check, choices=choices, quick=quick)
+
+
+# Quick tests (FieldType.quick): exact types only (a subclass takes the full rule), and a
+# text shorter than any blob unless the type may hold one (public keys, digests).
+_SHORTEST_BLOB = 43  # looks_like_blob needs a run this long (base64 of 32 bytes; hex: 64)
+_PASSED_QUICK_LIMIT = 1024
+
+
+def _quick_pattern(regex: re.Pattern[str], blob_ok: bool = False) -> Callable[[Any], bool]:
+    match = regex.match
+    if blob_ok:  # digests and public keys: new values every time, nothing to remember
+        return lambda value: type(value) is str and match(value) is not None
+    # Names and key ids repeat (a device, a topic, a session on every entry): a text that
+    # passed once passes again (exact str: equality is the text's). Bounded.
+    passed: set[str] = set()
+
+    def quick(value: object) -> bool:
+        if type(value) is not str:
+            return False
+        if value in passed:
+            return True
+        if len(value) >= _SHORTEST_BLOB or match(value) is None:
+            return False
+        if len(passed) >= _PASSED_QUICK_LIMIT:
+            passed.clear()
+        passed.add(value)
+        return True
+    return quick
+
+
+def _quick_text(value: object) -> bool:
+    return type(value) is str and 0 < len(value) < _SHORTEST_BLOB and value.isprintable()
+
+
+def _quick_count(value: object) -> bool:
+    return type(value) is int and 0 <= value < INT_LIMIT
+
+
+def _quick_byte(value: object) -> bool:
+    return type(value) is int and 0 <= value <= 255
+
+
+def _quick_number(value: object) -> bool:
+    vtype = type(value)
+    return ((vtype is int and -INT_LIMIT <= value < INT_LIMIT)  # type: ignore[operator]
+            or (vtype is float and math.isfinite(value)))  # type: ignore[arg-type]
 
 
 def _names(value: object) -> list[str]:
@@ -135,20 +191,24 @@ def _names(value: object) -> list[str]:
     return [_pattern(_IDENT, "a name")(item) for item in value]
 
 
-TEXT = FieldType("text", _text)
-IDENT = FieldType("identifier", _pattern(_IDENT, "an identifier (letters, digits, . _ : / @ -)"))
+TEXT = FieldType("text", _text, quick=_quick_text)
+IDENT = FieldType("identifier", _pattern(_IDENT, "an identifier (letters, digits, . _ : / @ -)"),
+                  quick=_quick_pattern(_IDENT))
 PSEUDONYM = FieldType("pseudonym", _pattern(
-    _PSEUDONYM, "a pseudonymous patient id (4-64 of letters, digits, . _ -, with a digit)"))
-COUNT = FieldType("count", _count)
-BYTE = FieldType("byte", _byte)
-NUMBER = FieldType("number", _number)
-NAMES = FieldType("names", _names)
+    _PSEUDONYM, "a pseudonymous patient id (4-64 of letters, digits, . _ -, with a digit)"),
+    quick=_quick_pattern(_PSEUDONYM))
+COUNT = FieldType("count", _count, quick=_quick_count)
+BYTE = FieldType("byte", _byte, quick=_quick_byte)
+NUMBER = FieldType("number", _number, quick=_quick_number)
+NAMES = FieldType("names", _names)  # its check returns a new list: always the full rule
 DIGEST = FieldType("digest", _pattern(_HEX64, "a SHA-256 digest as 64 lower-case hex digits"),
-                   public_blob=True, secret_name_ok=True)
+                   public_blob=True, secret_name_ok=True,
+                   quick=_quick_pattern(_HEX64, blob_ok=True))
 PUBLIC_KEY = FieldType("public key", _pattern(_HEX64, "a 32-byte public key as 64 lower-case "
-                                              "hex digits"), public_blob=True, secret_name_ok=True)
+                                              "hex digits"), public_blob=True, secret_name_ok=True,
+                       quick=_quick_pattern(_HEX64, blob_ok=True))
 KID = FieldType("key id", _pattern(_HEX16, "a key id as 16 lower-case hex digits"),
-                secret_name_ok=True)
+                secret_name_ok=True, quick=_quick_pattern(_HEX16))
 
 GRADE = _enum("red", "orange", "yellow", "blue")
 # ALARM-2: "manual" = values a person entered through the inbox (docs/manual-entry.md)
@@ -309,8 +369,6 @@ _check_schema()
 
 _BLOB_REFUSED = ("looks like a 32+ byte blob (key material?): only declared public keys and "
                  "digests may hold one")
-# looks_like_blob needs a run of at least 43 characters (base64 of 32 bytes; hex needs 64).
-_SHORTEST_BLOB = 43
 _BYTES_REFUSED = ("byte strings are not journaled (public keys and digests travel as "
                   "lower-case hex)")
 
@@ -409,8 +467,36 @@ def _undeclared_name(kind: Kind, name: object, value: object) -> FieldType:
     return declared
 
 
+# kind -> (quick test per declared field that has one, required names): the fast path.
+_QUICK: dict[str, tuple[dict[str, Callable[[Any], bool]], frozenset[str]]] = {
+    kind.name: ({name: ftype.quick for name, ftype in kind.fields.items() if ftype.quick},
+                frozenset(kind.required))
+    for kind in KINDS.values()}
+
+
+def quick_details(kind_name: object, details: object) -> dict[str, Any] | None:
+    """The fast path of `validate_details`: the same clean copy when every field is declared
+    and passes its type's quick test (the usual entry: a plain dict of exact str/int values),
+    else None and the full rule decides (it alone refuses, and says why)."""
+    if type(kind_name) is not str or type(details) is not dict:
+        return None
+    plan = _QUICK.get(kind_name)
+    if plan is None:
+        return None
+    quick, required = plan
+    for name, value in details.items():
+        test = quick.get(name) if type(name) is str else None
+        if test is None or not test(value):
+            return None
+    if not details.keys() >= required:
+        return None
+    return dict(details)  # every value is what its check returns: same keys, order, values
+
+
 def validate(kind: object, actor: object, subject: object, details: object
              ) -> tuple[str, str, str, dict[str, Any]]:
     """(kind, actor, subject, details) checked together; details is a clean copy."""
-    clean = validate_details(kind, details)
+    clean = quick_details(kind, details)
+    if clean is None:
+        clean = validate_details(kind, details)
     return kind, validate_actor(actor), validate_subject(subject), clean  # type: ignore[return-value]

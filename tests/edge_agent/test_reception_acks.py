@@ -18,6 +18,7 @@ from edge_agent.agent.reception import Inbound, LinkRef, Outcome, Reception
 from edge_agent.journal import Journal
 from edge_agent.pipeline import StateStore
 from edge_agent.pipeline import verifier as v
+from firmware import outbox
 from protocol import messages
 from tests.edge_agent.aio_harness import run_bounded
 from tests.edge_agent.test_pipeline_verifier import T0, Device, Home, spo2_critical
@@ -218,3 +219,117 @@ def test_hello_accept_is_not_held_back_by_the_store_thread(tmp_path: Path) -> No
 
     run_bounded(scenario, 20)
     assert rig.writes.threads == []  # a hello saves its session itself (put_session)
+
+
+# ---------------------------------------------------------------- one write per distinct ack
+
+
+def device_sees(rig: Rig, device: Device) -> outbox.AckState:
+    """Every ack the device received over its link, applied as the firmware applies them."""
+    state = outbox.AckState()
+    for _, payload in rig.sent:
+        state.apply(device.read_ack(payload))
+    return state
+
+
+def sealed_entries(device: Device, batches: int, size: int = 2) -> list[outbox.Entry]:
+    assert device.session is not None
+    return [outbox.Entry(outbox.SEALED, device.session.session_id, size * i, size * i + 1, b"")
+            for i in range(batches)]
+
+
+def test_a_pass_writes_each_distinct_ack_once_and_the_device_has_every_batch_acked(
+        tmp_path: Path) -> None:
+    """After a checkpoint the session has a watermark: every ack of one pass says the same
+    (upto), so one write per pass acknowledges all of its batches."""
+    rig = Rig(tmp_path, delay_s=0.05)  # a slow write lets committed groups pile up
+    batches = 60
+
+    async def scenario() -> None:
+        async with await Journal.open(tmp_path / "journal.db") as journal:
+            reception = rig.reception(journal)
+            await reception.start()
+            rig.submit(reception, 2)
+            reception.submit(Inbound(LINK, T0 + 3, message=rig.device.checkpoint(T0 + 3)))
+            await reception.drain()
+            before = len(rig.sent)
+            rig.submit(reception, batches - 2, at=T0 + 10)
+            await reception.stop()
+            assert reception.counters.acks_sent == len(rig.sent)
+            # Far fewer writes than batches once the watermark is known.
+            assert len(rig.sent) - before < (batches - 2) // 4, len(rig.sent) - before
+
+    run_bounded(scenario, 30)
+    state = device_sees(rig, rig.device)
+    assert all(state.covers(entry) for entry in sealed_entries(rig.device, batches))
+    assert not state.covers(outbox.Entry(outbox.SEALED, rig.device.session.session_id,
+                                         2 * batches, 2 * batches + 1, b""))
+    assert len(rig.durable) == batches + 1 and all(o.acked for o in rig.durable)
+    assert len(set(payload for _, payload in rig.sent)) == len(rig.sent)
+    # Durable before acknowledged: no ack left before the first state-store write ended.
+    assert all(sent_at >= rig.writes.finished[0] for sent_at, _ in rig.sent)
+    rig.assert_first_batch_durable()
+
+
+def test_acks_that_differ_all_go_out(tmp_path: Path) -> None:
+    """Before the device's first checkpoint there is no watermark: each ack names its own
+    batch's range, so each one is written (none would cover the others)."""
+    rig = Rig(tmp_path, delay_s=0.05)
+    batches = 40
+
+    async def scenario() -> None:
+        async with await Journal.open(tmp_path / "journal.db") as journal:
+            reception = rig.reception(journal)
+            await reception.start()
+            rig.submit(reception, batches)
+            await reception.stop()
+
+    run_bounded(scenario, 30)
+    assert len(rig.sent) == batches
+    assert sorted(rig.ack_ranges()) == [(2 * i, 2 * i + 1) for i in range(batches)]
+    state = device_sees(rig, rig.device)
+    assert all(state.covers(entry) for entry in sealed_entries(rig.device, batches))
+
+
+def test_each_link_gets_its_own_acks_and_a_broken_link_costs_only_its_own(
+        tmp_path: Path) -> None:
+    rig = Rig(tmp_path, delay_s=0.05)
+    second = rig.home.enroll("ox-2")
+    assert rig.home.connect(second, link="ox-2").outcome == v.OPENED
+    link2 = LinkRef("serial", "bed2", "ox-2")
+    sent: dict[str, list[bytes]] = {"ox-1": [], "ox-2": []}
+    attempts: dict[str, int] = {"ox-1": 0, "ox-2": 0}
+    broken = {"ox-2"}
+
+    def reply(link: LinkRef, payload: bytes) -> None:
+        attempts[link.device_id] += 1
+        if link.device_id in broken:
+            raise OSError("port gone")
+        sent[link.device_id].append(payload)
+
+    async def scenario() -> None:
+        async with await Journal.open(tmp_path / "journal.db") as journal:
+            reception = Reception(rig.home.verifier, attestor=None,  # type: ignore[arg-type]
+                                  journal=journal, reply=reply, on_durable=rig.durable.extend)
+            await reception.start()
+            for device, link in ((rig.device, LINK), (second, link2)):
+                for i in range(2):
+                    reception.submit(Inbound(link, T0 + i, message=device.seal(
+                        [("spo2", 97), ("hr", 70 + i)], T0 + i)))
+                reception.submit(Inbound(link, T0 + 3, message=device.checkpoint(T0 + 3)))
+            await reception.drain()
+            for i in range(30):
+                for device, link in ((rig.device, LINK), (second, link2)):
+                    reception.submit(Inbound(link, T0 + 10 + i, message=device.seal(
+                        [("spo2", 97), ("hr", 70)], T0 + 10 + i)))
+            await reception.stop()
+            assert reception.counters.ack_failures == attempts["ox-2"]
+            assert reception.counters.acks_sent == len(sent["ox-1"])
+
+    run_bounded(scenario, 30)
+    assert sent["ox-2"] == [] and 0 < attempts["ox-2"] < 32
+    assert all(o.acked == (o.link == LINK) for o in rig.durable), "acked follows its link"
+    state = outbox.AckState()
+    for payload in sent["ox-1"]:
+        state.apply(rig.device.read_ack(payload))
+    assert all(state.covers(entry) for entry in sealed_entries(rig.device, 32))
