@@ -25,7 +25,10 @@ disk with the agent's settings, synchronous=FULL):
              COSE_Mac0), then the agent starts with the broker up; readings/s until all are
              marked sent.
   --trace    per alarm step of the loaded phase: publish call, socket write, PUBACK in the
-             kernel, read by paho, handled on the loop, marked sent (docs/agent.md).
+             kernel, read by paho, handled on the loop, marked sent (docs/agent.md); and in
+             both alarm phases the hops before the publish call: frame read -> verified ->
+             handed to the journal -> commit start -> committed -> urgent lane -> published,
+             with the journal writer's job in progress when each step arrived.
 
 No centre is subscribed: PUBACK ("no matching subscribers") is what marks a row sent, so the
 receipt path (limited by the centre) is not in these figures; `uplink.max_unconfirmed` is
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import gc
 import io
@@ -335,6 +339,168 @@ class PubackTrace:
         return out
 
 
+class PipelineTrace:
+    """Where an alarm's time goes BEFORE the publish call, hop by hop: frame read from the PTY
+    (the supervisor's `received_at`) -> verified (the rules get the readings) -> alarm step
+    handed to the journal -> its commit starts on the journal's writer thread -> committed ->
+    handed over to Delivery's urgent lane on the event loop -> publish call returned. Every
+    job of the writer thread is logged (kind, start, end, rows), so each alarm's wait for its
+    commit is attributed to the job that held the writer when the step arrived. Installed on a
+    running agent by wrapping instance attributes; nothing in the agent is changed. All times
+    time.monotonic()."""
+
+    def __init__(self) -> None:
+        self.offset = time.time() - time.monotonic()
+        self.verified: dict[float, float] = {}  # received_at (wall) -> verified
+        self.submitted: dict[bytes, tuple[float, float]] = {}  # digest -> (received, submit)
+        self.commit: dict[bytes, tuple[float, float]] = {}  # digest -> (start, end)
+        self.handed: dict[bytes, float] = {}  # digest -> on Delivery's urgent lane
+        self.published: dict[bytes, float] = {}  # digest -> publish call returned
+        self.jobs: list[tuple[str, float, float, int]] = []  # writer: kind, start, end, rows
+        self._pending_received: dict[bytes, float] = {}
+        self._group_digests: list[bytes] | None = None  # alarm rows of the commit under way
+
+    def install(self, service: AgentService) -> None:
+        journal, store, delivery = service.journal, service.journal._store, service.delivery
+        alarms = service.alarms
+        assert store is not None
+        readings = alarms.readings
+
+        def traced_readings(batch: Any, received_at: float) -> None:
+            self.verified.setdefault(received_at, time.monotonic())
+            readings(batch, received_at)
+
+        alarms.readings = traced_readings  # type: ignore[method-assign]
+        journaled = alarms._on_journaled
+
+        def traced_journaled(alarm: Any) -> None:
+            if alarm.received_at is not None:
+                self._pending_received[alarm.digest] = alarm.received_at
+            if journaled is not None:
+                journaled(alarm)
+
+        alarms._on_journaled = traced_journaled
+        append_many = journal.append_many
+
+        async def traced_append_many(messages_: Any) -> list[int]:
+            now = time.monotonic()
+            for message in messages_:
+                if message.kind == topics.UP_ALARM:
+                    self.submitted[message.digest] = (math.nan, now)
+            return await append_many(messages_)
+
+        journal.append_many = traced_append_many  # type: ignore[method-assign]
+
+        def timed(name: str, method: Any) -> Any:
+            def call(*a: Any, **k: Any) -> Any:
+                start = time.monotonic()
+                try:
+                    return method(*a, **k)
+                finally:
+                    rows = a[0] if name == "next_batch" else len(a[0]) if a else 0
+                    self.jobs.append((name, start, time.monotonic(), int(rows)))
+            return call
+
+        for name in ("next_batch", "mark_sent", "release", "mark_received", "claim_committed"):
+            setattr(store, name, timed(name, getattr(store, name)))
+        group = store.group
+
+        @contextlib.contextmanager
+        def traced_group() -> Any:
+            start, digests = time.monotonic(), []
+            self._group_digests = digests
+            try:
+                with group() as add:
+                    def traced_add(item: Any) -> int:
+                        if isinstance(item, NewMessage) and item.kind == topics.UP_ALARM:
+                            digests.append(item.digest)
+                        return add(item)
+                    yield traced_add
+            finally:
+                self._group_digests = None
+            end = time.monotonic()
+            self.jobs.append(("alarm insert" if digests else "insert", start, end, 0))
+            for digest in digests:
+                self.commit[digest] = (start, end)
+
+        store.group = traced_group  # type: ignore[method-assign]
+        insert_row = getattr(store, "insert_row", None)
+        if insert_row is not None:  # urgent rows inserted for the hand-over
+            def traced_insert_row(message: Any) -> Any:
+                if self._group_digests is not None and message.kind == topics.UP_ALARM:
+                    self._group_digests.append(message.digest)
+                return insert_row(message)
+            store.insert_row = traced_insert_row  # type: ignore[method-assign]
+        take_urgent = delivery._take_urgent
+
+        def traced_take_urgent(rows: list[Any]) -> None:
+            now = time.monotonic()
+            for row in rows:
+                self.handed.setdefault(row.digest, now)
+            take_urgent(rows)
+
+        journal.hand_over_urgent(traced_take_urgent)
+        publish = delivery.link.publish
+
+        def traced_publish(topic: str, payload: bytes, correlation: bytes | None = None,
+                           response_topic: str | None = None) -> Any:
+            queued = publish(topic, payload, correlation, response_topic)
+            if correlation in self.submitted:
+                self.published.setdefault(correlation, time.monotonic())
+            return queued
+
+        delivery.link.publish = traced_publish  # type: ignore[method-assign]
+
+    def _holder(self, at: float) -> str:
+        """The writer job in progress at `at` ("idle" if none)."""
+        for kind, start, end, _ in reversed(self.jobs):
+            if start <= at < end:
+                return kind
+            if end < at - 1.0:
+                break
+        return "idle"
+
+    def summary(self) -> dict[str, Any]:
+        """Per hop p50/p99/max in ms over the alarm steps caused by a reading; what held the
+        writer when each step arrived; the writer's jobs by kind (count, ms p50/p99/max)."""
+        rows = []
+        for digest, (_, submitted) in self.submitted.items():
+            received_wall = self._pending_received.get(digest)
+            if received_wall is None or digest not in self.published:
+                continue
+            rows.append({
+                "received": received_wall - self.offset,
+                "verified": self.verified.get(received_wall, math.nan),
+                "submitted": submitted,
+                "commit_start": self.commit.get(digest, (math.nan, math.nan))[0],
+                "committed": self.commit.get(digest, (math.nan, math.nan))[1],
+                "handed_over": self.handed.get(digest, math.nan),
+                "published": self.published[digest],
+                "holder": self._holder(submitted)})
+        hops = ["received", "verified", "submitted", "commit_start", "committed",
+                "handed_over", "published"]
+        out: dict[str, Any] = {"alarm_steps": len(rows)}
+        for start, end in [*zip(hops, hops[1:], strict=False), ("received", "published")]:
+            gaps = [r[end] - r[start] for r in rows if not math.isnan(r[end] - r[start])]
+            out[f"{start}->{end}"] = [round((percentile(gaps, q) or 0) * 1000, 2)
+                                      for q in (0.5, 0.99, 1.0)]
+        holders: dict[str, int] = {}
+        for r in rows:
+            holders[r["holder"]] = holders.get(r["holder"], 0) + 1
+        out["writer_busy_with_at_submit"] = holders
+        kinds: dict[str, list[float]] = {}
+        for kind, start, end, _ in self.jobs:
+            kinds.setdefault(kind, []).append(end - start)
+        out["writer_jobs_ms"] = {
+            kind: [len(d)] + [round((percentile(d, q) or 0) * 1000, 2) for q in (0.5, 0.99, 1.0)]
+            for kind, d in sorted(kinds.items())}
+        slowest = max(rows, key=lambda r: r["published"] - r["received"], default=None)
+        if slowest is not None:
+            out["slowest"] = {k: (round((v - slowest["received"]) * 1000, 2)
+                                  if isinstance(v, float) else v) for k, v in slowest.items()}
+        return out
+
+
 # -- the agent ----------------------------------------------------------------------------------
 
 
@@ -581,9 +747,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"alarms under a background load of {per_s * PER_BATCH:,.0f} readings/s "
                   "...", flush=True)
             ingest_puback = bench.new_phase()[1]
+            pipeline_loaded = None
             if args.trace:
                 bench.trace = PubackTrace()
                 bench.trace.install(service)
+                pipeline_loaded = PipelineTrace()
+                pipeline_loaded.install(service)
             background_stream = (await asyncio.to_thread(stream, background, count))[0]
             paced = Paced(background.port, [encode_frame(m) for m in background_stream], per_s)
             paced.start()
@@ -617,6 +786,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             start = time.perf_counter()
             service = await bench.start_agent()
             start_s = time.perf_counter() - start
+            pipeline_draining = None
+            if args.trace:
+                pipeline_draining = PipelineTrace()
+                pipeline_draining.install(service)
             if profiler:
                 profiler.enable()
             firing = red_at(alarm_devices[half:], 0.1)
@@ -668,6 +841,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if trace is not None:
         figures["details"]["trace_loaded"] = trace
+    if pipeline_loaded is not None and pipeline_draining is not None:
+        figures["details"]["pipeline_trace_loaded"] = pipeline_loaded.summary()
+        figures["details"]["pipeline_trace_draining"] = pipeline_draining.summary()
     if args.profile:
         figures["details"]["profile_agent"] = profile_agent
         figures["details"]["profile_drain"] = profiled(profiler, args.profile_out and
@@ -703,10 +879,15 @@ def main() -> None:
                         help="trace each alarm of the loaded phase from the publish call to "
                              "the journal's sent mark (socket write, PUBACK arrival in the "
                              "kernel, read by paho, handled on the loop)")
+    parser.add_argument("--switch-interval", type=float, metavar="S",
+                        help="sys.setswitchinterval(S) first (an experiment: the agent runs "
+                             "with Python's default, 0.005)")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args()
     if args.backlog < 1_000_000:
         print(f"note: backlog scaled down to {args.backlog} readings (goal: 1,000,000)")
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     figures = asyncio.run(run(args))
     details = figures["details"]
     print(f"agent:    {figures['readings_per_s']:>9,} readings/s  (frame in -> verified -> "
@@ -732,6 +913,11 @@ def main() -> None:
         print("PUBACK trace of the loaded phase, ms p50 / p99 / max:")
         for hop, value in details["trace_loaded"].items():
             print(f"  {hop}: {value}")
+    for phase in ("pipeline_trace_loaded", "pipeline_trace_draining"):
+        if details.get(phase):
+            print(f"{phase}: alarm steps, ms p50 / p99 / max per hop before the publish call:")
+            for hop, value in details[phase].items():
+                print(f"  {hop}: {value}")
     for phase in ("profile_agent", "profile_drain"):
         if details.get(phase):
             print(f"--- {phase} (event loop thread, by own time) ---")

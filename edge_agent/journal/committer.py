@@ -120,6 +120,8 @@ class Journal:
         self._stopped: asyncio.Future[None] | None = None
         self._urgent_consumer: Callable[[list[StoredMessage]], None] | None = None
         self._hand_over_missed = False
+        self._urgent_committing = False  # the writer is committing urgent items
+        self._hand_overs_posted = 0  # hand-overs posted to the loop, not yet run
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -231,7 +233,10 @@ class Journal:
     ) -> list[StoredMessage]:
         """Claim stored messages for publishing: alarms, then critical, then oldest first.
         Claimed rows stay in flight until mark_sent / mark_received / release."""
-        claim = self._call_soon(lambda store: store.next_batch(limit, max_bytes))
+        # An urgent insert arriving meanwhile cuts the claim short (JournalStore.next_batch).
+        claim = self._call_soon(
+            lambda store: store.next_batch(limit, max_bytes, stop=self._urgent_waiting)
+        )
         try:
             return await asyncio.shield(claim)
         except asyncio.CancelledError:
@@ -263,24 +268,42 @@ class Journal:
         missed, self._hand_over_missed = self._hand_over_missed, False
         return missed
 
-    def _hand_over(self, store: JournalStore, ids: list[int]) -> None:
-        """Writer thread, after a commit: claim the committed urgent rows for the consumer."""
+    def urgent_busy(self) -> bool:
+        """True while an urgent item is on its way from `append` to the hand-over consumer:
+        queued for the writer, being committed, or committed and waiting for the event loop.
+        The uplink ends its routine slice early then, so the loop gets to the hand-over (and
+        to the readings behind the next alarm) without waiting out the slice. Read without
+        the lock: a stale answer costs one publish either way."""
+        return bool(self._urgent) or self._urgent_committing or self._hand_overs_posted > 0
+
+    def _urgent_waiting(self) -> bool:
+        return bool(self._urgent)
+
+    def _hand_over(self, store: JournalStore, rows: list[tuple[Any, ...]]) -> None:
+        """Writer thread, after a commit: claim the committed urgent rows (as their inserts
+        returned them, no read back) for the consumer."""
         consumer, loop = self._urgent_consumer, self._loop
         if consumer is None or loop is None:
             return
         try:
-            rows = store.claim_committed(ids)
+            claimed = store.claim_rows(rows)
         except Exception:  # the rows are durable: the consumer must look for them itself
-            log.exception("urgent hand-over could not claim %d committed rows", len(ids))
+            log.exception("urgent hand-over could not claim %d committed rows", len(rows))
             self._hand_over_missed = True
             return
-        if rows:
-            self._post_call(loop, lambda: self._deliver_urgent(consumer, rows))
+        if claimed:
+            with self._cond:
+                self._hand_overs_posted += 1
+            if not self._post_call(loop, lambda: self._deliver_urgent(consumer, claimed)):
+                with self._cond:
+                    self._hand_overs_posted -= 1
 
     def _deliver_urgent(
         self, consumer: Callable[[list[StoredMessage]], None], rows: list[StoredMessage]
     ) -> None:
         """Event loop: hand the rows over, or give them back if the consumer is gone."""
+        with self._cond:
+            self._hand_overs_posted -= 1
         if self._urgent_consumer is consumer:
             try:
                 consumer(rows)
@@ -390,8 +413,11 @@ class Journal:
                 kind, jobs = work
                 if kind == "call":
                     self._run_call(store, jobs[0])
+                elif kind == "urgent":
+                    self._urgent_committing = True  # cleared by _commit, also on failure
+                    self._commit(store, jobs)
                 else:
-                    self._commit(store, jobs, may_cut=kind == "routine")
+                    self._commit(store, jobs, may_cut=True)
         except BaseException as exc:  # a bug or an unusable file: fail loudly, lose nothing
             with self._cond:
                 self._dead = exc
@@ -435,18 +461,30 @@ class Journal:
         done: list[_Job] = []
         ids: list[int] = []
         leftover: list[_Job] = []
+        urgent_rows: list[tuple[Any, ...]] = []  # as inserted, for the hand-over
+        hand_over = self._urgent_consumer is not None
         try:
             with store.group() as add:
+
+                def insert(item: NewMessage | QuarantineEntry) -> int:
+                    if hand_over and self._is_urgent(item):
+                        row = store.insert_row(item)  # type: ignore[arg-type]
+                        urgent_rows.append(row)
+                        return int(row[0])
+                    return add(item)
+
                 for n, job in enumerate(jobs, 1):
-                    ids.append(add(job.item))  # type: ignore[arg-type]
+                    ids.append(insert(job.item))  # type: ignore[arg-type]
                     done.append(job)
                     if may_cut and n % CUT_EVERY == 0 and n < len(jobs) and self._urgent:
+                        self._urgent_committing = True  # cleared once handed over, below
                         for urgent in self._take_urgent():
-                            ids.append(add(urgent.item))  # type: ignore[arg-type]
+                            ids.append(insert(urgent.item))  # type: ignore[arg-type]
                             done.append(urgent)
                         leftover = jobs[n:]
                         break
         except Exception as exc:
+            self._urgent_committing = False
             done_ids = {id(j) for j in done}
             involved = done + [j for j in jobs if id(j) not in done_ids]
             if len(involved) == 1:
@@ -456,11 +494,15 @@ class Journal:
             for job in involved:
                 self._commit(store, [job])
             return
+        # The hand-over is posted before the results, and the "urgent under way" flag cleared
+        # between the two: whoever sees an append's result sees the flag's final state.
+        if urgent_rows:
+            self._hand_over(store, urgent_rows)
+        elif not hand_over and self._urgent_consumer is not None:
+            if any(self._is_urgent(j.item) for j in done):  # registered during the commit
+                self._hand_over_missed = True
+        self._urgent_committing = False
         self._post_by_loop(done, [(j.future, i, None) for j, i in zip(done, ids, strict=True)])
-        if self._urgent_consumer is not None:
-            urgent = [i for j, i in zip(done, ids, strict=True) if self._is_urgent(j.item)]
-            if urgent:
-                self._hand_over(store, urgent)
         if leftover:
             with self._cond:
                 self._routine.extendleft(reversed(leftover))
@@ -508,11 +550,12 @@ class Journal:
         Journal._post_call(loop, lambda: _settle([r for r in results if r[0] is not None]))
 
     @staticmethod
-    def _post_call(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    def _post_call(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> bool:
         try:
             loop.call_soon_threadsafe(callback)
         except RuntimeError:  # the loop is closed: nobody is waiting any more
-            pass
+            return False
+        return True
 
 
 def _pop(queue: deque[_Job], n: int) -> list[_Job]:

@@ -231,6 +231,11 @@ _INSERT = (
     "ON CONFLICT (digest) DO UPDATE SET priority = max(priority, excluded.priority) "
     "RETURNING id"
 )
+# The same insert returning the whole row as it stands after the statement (a new row, or
+# the existing one with its state and the raised priority): an urgent row can be handed to
+# the uplink after its commit without reading it back (each statement step on the writer
+# thread hands the GIL back, and under load every hand-back waits for the event loop).
+_INSERT_ROW = _INSERT.removesuffix("RETURNING id") + f"RETURNING {_COLUMNS}"
 _FETCH = 500
 
 
@@ -316,9 +321,28 @@ class JournalStore:
     def _insert(self, item: NewMessage | QuarantineEntry) -> int:
         if isinstance(item, QuarantineEntry):
             return self._insert_quarantine(self._conn, item)
-        m = item
+        return int(self._execute_insert(_INSERT, item)[0])
+
+    def insert_row(self, message: NewMessage) -> tuple[Any, ...]:
+        """Inside `group()`: insert like `add`, returning the row as it now stands (the
+        columns of a StoredMessage); hand it to `claim_rows` once the group committed."""
+        return self._execute_insert(_INSERT_ROW, message)
+
+    def claim_rows(self, rows: Iterable[tuple[Any, ...]]) -> list[StoredMessage]:
+        """Claim rows returned by `insert_row` after their commit, exactly as
+        `claim_committed` would read them back: only rows `stored` and not already in flight
+        (a step journaled again, already sent or claimed, is never handed out twice), in the
+        order given. No statement: this connection is the only writer, so nothing changed
+        them between the insert and now."""
+        wanted: dict[int, tuple[Any, ...]] = {}
+        for row in rows:
+            if row[0] not in self._in_flight and row[13] == STORED:
+                wanted.setdefault(row[0], row)
+        return self._claim([_row_to_message(row) for row in wanted.values()])
+
+    def _execute_insert(self, sql: str, m: NewMessage) -> tuple[Any, ...]:
         row = self._conn.execute(
-            _INSERT,
+            sql,
             (
                 m.kind,
                 m.device_id,
@@ -334,7 +358,7 @@ class JournalStore:
                 m.received_at,
             ),
         ).fetchone()
-        return int(row[0])
+        return tuple(row)
 
     def _insert_quarantine(self, conn: sqlite3.Connection, entry: QuarantineEntry) -> int:
         cursor = conn.execute(
@@ -361,11 +385,21 @@ class JournalStore:
 
     # -- delivery ---------------------------------------------------------------------------
 
-    def next_batch(self, limit: int = 256, max_bytes: int = 256 * 1024) -> list[StoredMessage]:
+    def next_batch(
+        self,
+        limit: int = 256,
+        max_bytes: int = 256 * 1024,
+        stop: Callable[[], bool] | None = None,
+    ) -> list[StoredMessage]:
         """Claim up to `limit` stored messages (at least one, even if larger than `max_bytes`),
         alarms and critical readings first, then oldest first. Claimed ids are "in flight" —
         not returned again — until mark_sent, mark_received or release. The in-flight set is
-        in memory only: after a restart every stored row is eligible again."""
+        in memory only: after a restart every stored row is eligible again.
+
+        `stop` is asked before each row after the first: once it answers True the claim ends
+        there (a shorter batch, the rest stays stored). Every row stepped hands the GIL back
+        and, under load, waits for it; the journal's writer stops a claim this way when an
+        urgent insert is waiting, so an alarm waits for one row, not for the whole claim."""
         if limit < 1:
             return []
         batch: list[StoredMessage] = []
@@ -378,12 +412,14 @@ class JournalStore:
             (STORED, _id_list(self._in_flight), limit),
         )
         try:
-            for values in cursor.fetchall():
+            for values in cursor:
                 message = _row_to_message(values)
                 if batch and size + len(message.payload) > max_bytes:
                     break
                 batch.append(message)
                 size += len(message.payload)
+                if stop is not None and len(batch) < limit and stop():
+                    break
         finally:
             cursor.close()
         return self._claim(batch)

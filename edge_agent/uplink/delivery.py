@@ -306,7 +306,7 @@ class Delivery:
         # Loop time (s) routine publishing may still use; refilled at routine_cpu_share.
         self._budget = config.routine_burst_s
         self._budget_at = time.perf_counter()
-        self._budget_resume: asyncio.TimerHandle | None = None
+        self._budget_resume: asyncio.Handle | None = None
         self._pump_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._n = dict.fromkeys(_COUNTERS, 0)
@@ -486,6 +486,7 @@ class Delivery:
         unconfirmed_room = self.config.max_unconfirmed - len(self._awaiting)
         limited = self.config.routine_cpu_share < 1.0
         clock = time.perf_counter
+        urgent_busy = self.journal.urgent_busy
         while (
             self._ready_routine
             and self._window_routine < min(routine_slots, unconfirmed_room)
@@ -493,6 +494,14 @@ class Delivery:
             and self._window_bytes < self.config.max_in_flight_bytes
         ):
             if limited and not self._routine_budget_left():
+                break
+            if urgent_busy():
+                # An alarm is between its append and its hand-over: end the slice after
+                # this row so the loop reaches the hand-over (and the readings) sooner.
+                self._yield_soon()
+                started = clock()
+                self._publish(self._ready_routine.popleft())
+                self._budget -= clock() - started
                 break
             started = clock()
             self._publish(self._ready_routine.popleft())
@@ -518,6 +527,12 @@ class Delivery:
     def _resume(self) -> None:
         self._budget_resume = None
         self._drain_ready()
+
+    def _yield_soon(self) -> None:
+        """Go on publishing after whatever the loop has ready (the urgent hand-over among
+        it); the CPU budget still applies when the slice resumes."""
+        if self._budget_resume is None:
+            self._budget_resume = asyncio.get_running_loop().call_soon(self._resume)
 
     def _topic_for(self, row: StoredMessage) -> str:
         key = (row.kind, row.device_id)
