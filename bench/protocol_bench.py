@@ -12,6 +12,14 @@
    (`Verifier.handle`), the code before the session-3 verification pass (OLD, copied at
    the end of this file) against the current code, interleaved in one process:
        .venv/bin/python bench/protocol_bench.py --verify-only [--verify-rounds N]
+5. CPython: microseconds per sealed batch of 10 along the verify -> rules path as the agent
+   runs it: Verifier.handle over the real registry (RegistryDirectory) with the alarm path's
+   critical check (AlarmPath.is_critical), then Verifier.committed_many per 100 batches (replay
+   records, acknowledgement marks, device-acks). OLD is that code at commit 77790c5 (before
+   the round-2 readings pass: verifier, sessions, replay, directory_registry and the rules'
+   Reading read with `git show` into a throwaway package; is_critical copied below), NEW the
+   current code; interleaved, every verdict and device-ack compared:
+       .venv/bin/python bench/protocol_bench.py --path-only [--path-rounds N]
 Goals (issue 2): sealed reading <= 48 bytes amortised; MAC seal <= 1/100 of a signature.
 """
 
@@ -478,6 +486,218 @@ def _old_rule_readings(directory: v.DeviceDirectory, device_id: str,
 
 
 
+# ---------------------------------------------------------------- the verify -> rules path
+
+PATH_OLD_REV = "77790c50f3763af08750d7f4ebea91e240605c3c"  # before the round-2 readings pass
+PATH_GROUP = 100  # batches per committed_many (the agent under load: ~130, docs/verification.md)
+
+
+def _load_path_old(rev: str) -> Any:
+    """The verifier, sessions, replay, directory_registry and evaluator modules at `rev` as
+    the package `path_old` (a temporary directory), wired to each other, never to the
+    product's current versions of themselves."""
+    import importlib
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="path_old_")) / "path_old"
+    folder.mkdir()
+    (folder / "__init__.py").write_text('"""FROZEN OLD verify path for protocol_bench."""\n')
+    rewrites = {
+        "protocol/replay.py": [],
+        "edge_agent/alarms/evaluator.py": [],
+        "edge_agent/directory_registry.py": [],
+        "edge_agent/pipeline/sessions.py": [
+            ("from protocol import cbor, cwt, replay, session",
+             "from protocol import cbor, cwt, session\nfrom path_old import replay")],
+        "edge_agent/pipeline/verifier.py": [
+            ("from edge_agent.alarms.evaluator import Reading",
+             "from path_old.evaluator import Reading"),
+            ("from edge_agent.pipeline.sessions import", "from path_old.sessions import")],
+    }
+    for path, changes in rewrites.items():
+        source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{path}"], check=True,
+                                capture_output=True, text=True).stdout
+        for old, new in changes:
+            if old not in source:
+                raise SystemExit(f"{path} at {rev}: cannot rewrite {old!r}")
+            source = source.replace(old, new)
+        (folder / Path(path).name).write_text(source)
+    sys.path.insert(0, str(folder.parent))
+    return types_namespace({name: importlib.import_module(f"path_old.{name}") for name in (
+        "replay", "evaluator", "sessions", "verifier", "directory_registry")})
+
+
+def types_namespace(modules: dict[str, Any]) -> Any:
+    import types
+    return types.SimpleNamespace(**modules)
+
+
+def _old_is_critical(evaluator: Any, critical: Any) -> Any:
+    """AlarmPath.is_critical at PATH_OLD_REV, over the same evaluator."""
+    def is_critical(reading: Any) -> bool:
+        if isinstance(reading.value, bool) or not isinstance(reading.value, int | float):
+            return False
+        limits = evaluator.limits.resolve(reading.patient, reading.time).for_quantity(
+            reading.quantity)
+        if limits is None:
+            return False
+        grade = limits.grade(float(reading.value))
+        return grade is not None and grade >= critical
+    return is_critical
+
+
+def _path_side(modules: Any, home: Any, state_db: Path, critical: Any) -> Any:
+    """(verifier, sessions) of one side over its own registry connection and state store."""
+    import types
+
+    from edge_agent.lifecycle.engine import LifecycleEngine
+    from edge_agent.pipeline import GatewayKeys, StateStore
+    from edge_agent.registry import Registry
+
+    registry = Registry.open_in(home.data_dir)
+    keys = GatewayKeys("gw-1", home.gateway_seed, home.gateway_agreement)
+    directory = modules.directory_registry.RegistryDirectory(registry, LifecycleEngine(registry),
+                                                             keys)
+    sessions = modules.sessions.SessionTable(StateStore.open(state_db), now=T0)
+    verifier = modules.verifier.Verifier(directory, sessions, critical=critical)
+    return types.SimpleNamespace(verifier=verifier, sessions=sessions, directory=directory,
+                                 registry=registry)
+
+
+def _comparable(verdict: Any) -> tuple[Any, ...]:
+    """A verdict as plain values (each side has its own Reading, AckPlan, Gap classes)."""
+    readings = tuple((r.patient, r.device, r.quantity, r.value, r.time, r.unit,
+                      r.signal_quality, r.finger_off, r.sensor_off, r.manual)
+                     for r in verdict.readings)
+    ack = verdict.ack
+    return (verdict.kind, verdict.outcome, verdict.device_id, verdict.journal,
+            verdict.quarantine, readings,
+            tuple((g.device_id, g.session, g.first, g.last) for g in verdict.gaps),
+            verdict.flags, verdict.notes, verdict.reply,
+            None if ack is None else (ack.device_id, ack.session, ack.seqs),
+            verdict.events, verdict.forward,
+            None if verdict.commit is None else verdict.commit.seqs)
+
+
+def path_figures(rounds: int, batches: int, profile: bool = False) -> dict[str, float]:
+    """us per sealed batch along the verify -> rules path (section 5), OLD and NEW."""
+    import shutil
+    import statistics
+    import tempfile
+
+    from edge_agent.agent.alarm_path import AlarmPath
+    from edge_agent.alarms.evaluator import Evaluator
+    from edge_agent.alarms.grades import Grade
+    from edge_agent.alarms.limits import LimitsBook
+    from edge_agent.pipeline import SessionTable, StateStore
+    from edge_agent.pipeline import verifier as new_verifier_module
+    from protocol import messages, session
+    from simulator.agent_home import provision_home
+
+    old_modules = _load_path_old(PATH_OLD_REV)
+    new_modules = types_namespace({
+        "sessions": sys.modules[SessionTable.__module__],
+        "verifier": new_verifier_module,
+        "directory_registry": __import__("edge_agent.directory_registry",
+                                         fromlist=["RegistryDirectory"])})
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        home = provision_home(tmp / "data", "gw-1", [("ox-1", "p-0001")], now=T0)
+        # One session, opened through the NEW side, copied to the OLD side's store: both
+        # verify the very same sealed bytes.
+        seed_sessions = SessionTable(StateStore.open(tmp / "seed.db"), now=T0)
+        opener = _path_side(new_modules, home, tmp / "unused.db", None)
+        opener.verifier.sessions = seed_sessions
+        device = home.devices["ox-1"]
+        keys = opener.directory.gateway_keys()
+        handshake = session.DeviceHandshake("ox-1", device.agreement, keys.x25519_public)
+        verdict = opener.verifier.handle(messages.encode("hello", handshake.hello()),
+                                         received_at=T0, link_device="ox-1")
+        assert verdict.reply is not None, verdict
+        sess = handshake.finish(messages.decode(verdict.reply)[1])
+        seed_sessions.store.close()
+        for name in ("old", "new"):
+            shutil.copy(tmp / "seed.db", tmp / f"{name}.db")
+
+        evaluator = Evaluator(LimitsBook())
+        alarms = AlarmPath(evaluator=evaluator, lifecycle=None, store=None, store_executor=None,
+                           journal=None, recorder=None, limit_store=None,
+                           organisation_keys=list, critical_grade=Grade.YELLOW)
+        sides = {"old": _path_side(old_modules, home, tmp / "old.db",
+                                   _old_is_critical(evaluator, Grade.YELLOW)),
+                 "new": _path_side(new_modules, home, tmp / "new.db", alarms.is_critical)}
+        for side in sides.values():  # as after the session's first durable checkpoint
+            side.sessions.get(sess.session_id).first_seq = 0
+
+        def sealed(index: int) -> bytes:
+            records = []
+            for k in range(BATCH // 2):
+                second = index * (BATCH // 2) + k
+                seq = index * BATCH + 2 * k
+                records += [senml.make_record("spo2", 96 + second // 7 % 3, time=T0 + second,
+                                              seq=seq),
+                            senml.make_record("pr", 70 + second // 5 % 7, time=T0 + second,
+                                              seq=seq + 1)]
+            return messages.encode("sealed", sealing.seal_batch(
+                sess.device_mac_key, sess.kid, records, "urn:dev:vb:ox-1:"))
+
+        # Every round verifies new batches (they are committed): seqs run on over the rounds,
+        # past the replay window, as on a gateway that has been up a while.
+        warmup = 1 + 4096 // BATCH
+        per_round = [[sealed(warmup + r * batches + i) for i in range(batches)]
+                     for r in range(rounds + (1 if profile else 0))]
+
+        def run(side: Any, messages_in: list[bytes], first_index: int
+                ) -> tuple[float, list[Any]]:
+            verifier = side.verifier
+            out: list[Any] = []
+            start = time.perf_counter()
+            group: list[Any] = []
+            for i, raw in enumerate(messages_in):
+                group.append(verifier.handle(raw, received_at=T0 + (first_index + i) / 2 + 1,
+                                             link_device="ox-1"))
+                if len(group) == PATH_GROUP:
+                    out += zip(group, verifier.committed_many(group), strict=True)
+                    group = []
+            if group:
+                out += zip(group, verifier.committed_many(group), strict=True)
+            return (time.perf_counter() - start) / len(messages_in) * 1e6, out
+
+        for side in sides.values():  # warm-up: fill the replay window
+            run(side, [sealed(i) for i in range(warmup)], 0)
+        times: dict[str, list[float]] = {"old": [], "new": []}
+        for round_ in range(rounds):
+            order = ("old", "new") if round_ % 2 else ("new", "old")
+            results = {}
+            for name in order:
+                results[name] = run(sides[name], per_round[round_], warmup + round_ * batches)
+                times[name].append(results[name][0])
+            for (a, ack_a), (b, ack_b) in zip(results["old"][1], results["new"][1], strict=True):
+                if _comparable(a) != _comparable(b) or ack_a != ack_b or a.outcome != "stored":
+                    raise SystemExit(f"OLD and NEW differ:\n{a}\n{ack_a!r}\n{b}\n{ack_b!r}")
+        states = {name: (side.sessions.get(sess.session_id).tracker.to_state(),
+                         side.sessions.get(sess.session_id).durable_upto)
+                  for name, side in sides.items()}
+        if states["old"] != states["new"]:
+            raise SystemExit(f"OLD and NEW replay states differ: {states}")
+        if profile:
+            import cProfile
+            import pstats
+            profiler = cProfile.Profile()
+            profiler.runcall(run, sides["new"], per_round[rounds], warmup + rounds * batches)
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+        for side in sides.values():
+            side.sessions.store.close()
+            side.directory.close()
+            side.registry.close()
+        opener.directory.close()
+        opener.registry.close()
+    ratios = [n / o for n, o in zip(times["new"], times["old"], strict=True)]
+    return {"path_batch_old_us": statistics.median(times["old"]),
+            "path_batch_new_us": statistics.median(times["new"]),
+            "path_batch_ratio": statistics.median(ratios)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -491,7 +711,25 @@ def main() -> int:
                         help="sealed batches per round")
     parser.add_argument("--verify-profile", action="store_true",
                         help="also print a cProfile of one NEW round")
+    parser.add_argument("--path-only", action="store_true",
+                        help="only the verify -> rules path figure (section 5)")
+    parser.add_argument("--path-rounds", type=int, default=21,
+                        help="interleaved OLD/NEW rounds of the path figure (median reported)")
+    parser.add_argument("--path-batches", type=int, default=300,
+                        help="sealed batches per round of the path figure")
+    parser.add_argument("--path-profile", action="store_true",
+                        help="also print a cProfile of one more NEW round of the path")
     args = parser.parse_args()
+
+    if args.path_only:
+        path = path_figures(args.path_rounds, args.path_batches, args.path_profile)
+        print(f"verify -> rules path per sealed batch of {BATCH}: OLD "
+              f"{path['path_batch_old_us']:.1f} us, NEW {path['path_batch_new_us']:.1f} us, "
+              f"NEW/OLD {path['path_batch_ratio']:.3f} (medians of {args.path_rounds} "
+              f"interleaved rounds of {args.path_batches} batches)")
+        if args.json:
+            Path(args.json).write_text(json.dumps(path, indent=2) + "\n")
+        return 0
 
     verify = verify_figures(args.verify_rounds, args.verify_batches, args.verify_profile)
     print(f"verify a sealed batch of {BATCH} (Verifier.handle): OLD "

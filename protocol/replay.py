@@ -134,6 +134,69 @@ class SequenceTracker:
                 self.base = seq
         return verdict
 
+    def record_range(self, first, last):
+        """`record(seq)` for every seq first..last in order (first <= last), the usual case
+        (a durable batch of consecutive seqs above everything seen) without a classification
+        and a window step per seq. Answers nothing: every seq of that case is "new"."""
+        _check_seq("first", first)
+        _check_seq("last", last)
+        if last < first:
+            raise ValidationError("last", "must not be below first")
+        window = self.window
+        if self.high is None or first <= self.high or last - first >= window:
+            seq = first
+            while seq <= last:  # not the usual case: one at a time
+                self.record(seq)
+                seq += 1
+            return
+        self.record(first)  # sets the baseline or makes a jump over unseen seqs
+        bits = self._bits
+        base = self.base
+        run_start = None  # seen seqs leaving the window, remembered as runs (not one by one)
+        seq = first + 1
+        while seq <= last:
+            leaving = seq - window  # same slot as seq: read before seq is marked
+            slot = seq % window
+            if leaving >= base:
+                if (bits[slot >> 3] >> (slot & 7)) & 1:
+                    if run_start is None:
+                        run_start = leaving
+                else:
+                    self.lost += 1
+                    if run_start is not None:
+                        self._remember(run_start, leaving - 1)
+                        run_start = None
+            bits[slot >> 3] |= 1 << (slot & 7)
+            seq += 1
+        if run_start is not None:
+            self._remember(run_start, last - window)
+        self.high = last
+
+    def seen_through(self, start):
+        """The highest s >= start - 1 such that every seq start..s classifies "duplicate"
+        (seen): how far a cumulative acknowledgement from `start` may reach."""
+        _check_seq("start", start)
+        high = self.high
+        if high is None or (self.floor is not None and start < self.floor):
+            return start - 1
+        seq = start
+        below = high - self.window  # seqs up to here are below the window
+        while seq <= below:
+            if not self.max_runs or seq < self.horizon:
+                return seq - 1
+            index = self._run_index(seq)
+            if index < 0:
+                return seq - 1
+            seq = self.runs[index][1] + 1  # runs never touch: the next one is not seen
+        bits = self._bits
+        window = self.window
+        while seq <= high:
+            slot = seq % window
+            if not (bits[slot >> 3] >> (slot & 7)) & 1:
+                break
+            seq += 1
+        return seq - 1
+
     # ------------------------------------------------------------ history below the window
 
     def keep_history(self, max_runs):

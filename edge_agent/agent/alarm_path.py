@@ -140,14 +140,21 @@ class AlarmPath:
     def is_critical(self, reading: Reading) -> bool:
         """Priority 1 for a reading graded at least the configured grade by the patient's
         limits (the verifier's `critical` callback)."""
-        if isinstance(reading.value, bool) or not isinstance(reading.value, int | float):
+        value = reading.value
+        kind = type(value)
+        if kind is not float and kind is not int and (
+                isinstance(value, bool) or not isinstance(value, int | float)):
             return False
+        # The evaluator's caches: resolved limits per patient (until the next validity
+        # boundary or override) and their per-quantity answers.
         limits = self.evaluator.limits.resolve(reading.patient, reading.time).for_quantity(
             reading.quantity)
         if limits is None:
             return False
-        grade = limits.grade(float(reading.value))
-        return grade is not None and grade >= self._critical
+        low, high = limits.grades(float(value))  # two comparisons for a calm value
+        if low is None:
+            return high is not None and high >= self._critical
+        return (low if high is None else max(low, high)) >= self._critical
 
     def readings(self, readings: Iterable[Reading], received_at: float) -> None:
         conditions: list[Condition] = []

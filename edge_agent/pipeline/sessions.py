@@ -117,6 +117,9 @@ class DeviceSession:
     # session, and the last one that brought new seqs (a replayed copy cannot fake that).
     last_verified: float | None = None
     last_new: float | None = None
+    # The SenML base names the device may use under this session's certificate (memo of
+    # pipeline.verifier.base_names, which only depends on the two)
+    base_names: tuple[str, ...] = field(default=(), repr=False)
 
     def stale(self, now: float, policy: SessionPolicy) -> bool:
         return now >= self.created_at + policy.lifetime_s
@@ -155,9 +158,15 @@ class DeviceSession:
             if low is None or seq < low:
                 low = seq
         self.tags_from = low
-        while len(tags) > limit:
-            dropped, _ = tags.popitem(last=False)
-            self.tags_from = max(self.tags_from or 0, dropped + 1)
+        excess = len(tags) - limit
+        if excess > 0:  # forget the oldest: seqs below the highest dropped are unknown now
+            popitem = tags.popitem
+            top = -1
+            for _ in range(excess):
+                dropped = popitem(last=False)[0]
+                if dropped > top:
+                    top = dropped
+            self.tags_from = max(low or 0, top + 1)
 
     def advance_upto(self) -> None:
         """Move durable_upto over every consecutive durable seq (needs first_seq)."""
@@ -165,9 +174,8 @@ class DeviceSession:
             return
         upto = self.first_seq - 1 if self.durable_upto is None else self.durable_upto
         high = self.tracker.high
-        while high is not None and upto < high and \
-                self.tracker.classify(upto + 1) == replay.DUPLICATE:
-            upto += 1
+        if high is not None and upto < high:
+            upto = self.tracker.seen_through(upto + 1)  # every seq up to it is durable
         self.durable_upto = None if upto < self.first_seq else upto
 
     def verified(self, at: float, new: bool = False) -> None:
@@ -210,6 +218,9 @@ class SessionTable:
         # Opening order, not created_at: a wall clock may step back between two hellos.
         self._order = itertools.count()
         self._opened: dict[bytes, int] = {}
+        # device -> its newest live session (None: none): `current` per acknowledgement;
+        # dropped whenever a session opens or ends
+        self._current: dict[str, DeviceSession | None] = {}
         self._load(time.time() if now is None else now)
 
     def _load(self, now: float) -> None:
@@ -244,8 +255,13 @@ class SessionTable:
 
     def current(self, device_id: str) -> DeviceSession | None:
         """The newest live session: what acknowledgements to the device are sealed under."""
+        try:
+            return self._current[device_id]
+        except KeyError:
+            pass
         sessions = self.of_device(device_id)
-        return sessions[-1] if sessions else None
+        newest = self._current[device_id] = sessions[-1] if sessions else None
+        return newest
 
     def __len__(self) -> int:
         return len(self._live)
@@ -275,6 +291,7 @@ class SessionTable:
             cbor.dumps(new.tracker.to_state())))
         self._live[kid] = new
         self._opened[kid] = next(self._order)
+        self._current.pop(new.device_id, None)
         return Opened(new, accept, evicted)
 
     def _make_room(self, device_id: str, now: float) -> tuple[bytes, ...]:
@@ -301,6 +318,7 @@ class SessionTable:
             return []
         self.store.end_sessions(ended, reason, now)
         for kid in ended:
+            self._current.pop(self._live[kid].device_id, None)
             del self._live[kid]
             del self._opened[kid]
             self._ended[kid] = (reason, now)

@@ -186,6 +186,7 @@ def rule_readings(directory: DeviceDirectory, device_id: str, readings: Iterable
     readings = list(readings)
     quality = signal_quality_by_time(readings)
     owners: dict[int, str | None] = {}  # a batch holds a few seconds: ask once per second
+    make = Reading.checked
     for reading in readings:
         owner = patient
         if not owner:
@@ -199,9 +200,8 @@ def rule_readings(directory: DeviceDirectory, device_id: str, readings: Iterable
             continue
         at = float(reading.time)
         try:
-            out.append(Reading(patient=owner, device=device_id, quantity=reading.quantity,
-                               value=reading.value, time=at, unit=reading.unit, manual=manual,
-                               signal_quality=quality_at(quality, at) if quality else None))
+            out.append(make(owner, device_id, reading.quantity, reading.value, at, reading.unit,
+                            quality_at(quality, at) if quality else None, manual))
         except ValidationError:
             flags.append(NOT_EVALUABLE)
     return out, flags
@@ -303,12 +303,17 @@ class Verifier:
             if commit is None:
                 continue
             sess = commit.session
-            for seq in commit.seqs:
-                sess.pending.discard(seq)
+            seqs = commit.seqs
+            sess.pending.difference_update(seqs)
             if self.sessions.get(sess.kid) is not sess:
                 continue  # ended meanwhile: its keys are gone, nothing to record
-            for seq in commit.seqs:
-                sess.tracker.record(seq)
+            # A batch's new seqs ascend (a subsequence of its consecutive seqs): spanning
+            # len - 1 they are all of them, recorded as one range
+            if len(seqs) > 1 and seqs[-1] - seqs[0] == len(seqs) - 1:
+                sess.tracker.record_range(seqs[0], seqs[-1])
+            else:
+                for seq in seqs:
+                    sess.tracker.record(seq)
             if commit.checkpoint is not None:
                 _mark_checkpoint(sess, commit.checkpoint)
             sess.advance_upto()
@@ -524,9 +529,13 @@ class Verifier:
         flags = self._trust_flags(device, sess.certificate, sess.kid, ctx.now, notes)
         if sess.stale(ctx.received_at, self.sessions.policy):
             flags.append(SESSION_EXPIRED)
-        names = base_names(device, sess.certificate)
-        if any(r.device not in names for r in batch.readings):
-            flags.append(NAME_MISMATCH)
+        names = sess.base_names
+        if not names:
+            names = sess.base_names = base_names(device, sess.certificate)
+        for reading in batch.readings:
+            if reading.device not in names:
+                flags.append(NAME_MISMATCH)
+                break
         if in_flight or replay.DUPLICATE in classes:
             flags.append(SEQ_OVERLAP)
         if too_old:
