@@ -111,7 +111,7 @@ class DeliveryConfig:
     # fraction of the event loop's time, measured, so a backlog drain leaves the loop free
     # for ingest, rules and alarms (which are never limited). 1.0 = no limit.
     routine_cpu_share: float = 0.35
-    routine_burst_s: float = 0.01  # loop time routine publishing may use in one go
+    routine_burst_s: float = 0.003  # loop time routine publishing may use in one go
 
     def __post_init__(self) -> None:
         topics.check_id("gateway_id", self.gateway_id)
