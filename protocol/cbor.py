@@ -24,8 +24,8 @@ import sys
 from protocol.errors import DecodeError
 
 __all__ = [
-    "Tag", "dumps", "loads", "pure_dumps", "pure_loads", "encode_into", "encode_head_into",
-    "float_bytes", "scalar_at", "DecodeError", "BACKEND", "MAX_SIZE",
+    "Tag", "dumps", "loads", "pure_dumps", "pure_loads", "plain_dumps", "encode_into",
+    "encode_head_into", "float_bytes", "scalar_at", "DecodeError", "BACKEND", "MAX_SIZE",
 ]
 
 UINT64_MAX = 0xFFFFFFFFFFFFFFFF
@@ -38,11 +38,18 @@ _NAN_BYTES = b"\xf9\x7e\x00"
 
 # MicroPython looks a builtin up in the module's globals first, and a miss walks the
 # (often nearly full) hash table: a module-level alias is a cached hit instead, measured
-# 5-10x cheaper per lookup on the unix port (docs/cbor.md, "Speed").
+# 5-10x cheaper per lookup on the unix port (docs/cbor.md, "Speed"). The encoder's per-item
+# type tests use aliases too, so its speed does not hinge on how full that table is.
 _isinstance = isinstance
 _len = len
 _str = str
 _type = type
+_int = int
+_float = float
+_bytes = bytes
+_list = list
+_tuple = tuple
+_dict = dict
 # MicroPython's str(b, "utf-8") accepts overlongs, surrogates and code points > U+10FFFF.
 _LOOSE_UTF8 = sys.implementation.name != "cpython"
 
@@ -191,13 +198,13 @@ def _encode_into(obj, out, depth):
         # Exact-type tests first, most frequent first: cheaper than isinstance, and the
         # short heads are written inline.
         kind = _type(obj)
-        if kind is int:
+        if kind is _int:
             if 0 <= obj < 24:
                 out.append(obj)
             else:
                 _put_int(out, obj)
-        elif kind is str or kind is bytes:
-            if kind is str:
+        elif kind is _str or kind is _bytes:
+            if kind is _str:
                 raw = obj.encode("utf-8")
                 major_bits = 0x60
             else:
@@ -208,7 +215,7 @@ def _encode_into(obj, out, depth):
             else:
                 _put_head(out, major_bits, _len(raw))
             out += raw
-        elif kind is float:
+        elif kind is _float:
             out += float_bytes(obj)
         elif obj is None:
             out.append(0xF6)
@@ -217,15 +224,15 @@ def _encode_into(obj, out, depth):
         elif obj is True:
             out.append(0xF5)
         else:
-            if kind is not list and kind is not tuple and kind is not dict and kind is not Tag:
+            if kind is not _list and kind is not _tuple and kind is not _dict and kind is not Tag:
                 kind = _encode_other(obj, out)
             if kind is not None:
                 if depth >= MAX_ENCODE_DEPTH:
                     raise ValueError(
                         "value nests deeper than %d levels (or is cyclic)" % MAX_ENCODE_DEPTH
                     )
-                if kind is dict:
-                    items = _small_key_codes(obj) if _type(obj) is dict else None
+                if kind is _dict:
+                    items = _small_key_codes(obj) if _type(obj) is _dict else None
                     if items is not None:
                         previous = obj
                     else:
@@ -256,7 +263,7 @@ def _encode_into(obj, out, depth):
                 extra = frame[2]
                 if extra is None:
                     break
-                if _type(extra) is dict:
+                if _type(extra) is _dict:
                     out.append(obj)
                     obj = extra[obj if obj < 24 else 31 - obj]
                     break
@@ -309,7 +316,7 @@ _SMALL_INT_KEYS = tuple(bytes((k if k >= 0 else 0x20 | (-1 - k),)) for k in rang
 
 def _encode_key(key, depth):
     kind = _type(key)
-    if kind is str:
+    if kind is _str:
         raw = key.encode("utf-8")
         if _len(raw) < 24:
             return bytes((0x60 | _len(raw),)) + raw
@@ -326,7 +333,7 @@ def _small_key_codes(obj):
     """
     codes = []
     for key in obj:
-        if _type(key) is not int or key < -24 or key >= 24:
+        if _type(key) is not _int or key < -24 or key >= 24:
             return None
         codes.append(key if key >= 0 else 31 - key)
     codes.sort()
@@ -338,7 +345,7 @@ def _map_pairs(obj, depth):
     pairs = []
     one_byte_keys = True
     for key, value in obj.items():
-        if _type(key) is int and -24 <= key < 24:
+        if _type(key) is _int and -24 <= key < 24:
             pairs.append((_SMALL_INT_KEYS[key + 24], value))
         else:
             key_bytes = _encode_key(key, depth)
@@ -359,13 +366,101 @@ def pure_dumps(obj):
     """Deterministic CBOR encoding of `obj`; ValueError if it is outside the model."""
     out = bytearray()
     _encode_into(obj, out, 0)
-    return bytes(out)
+    return _bytes(out)
 
 
 def encode_into(out, obj):
     """Append the encoding `dumps(obj)` returns to the bytearray `out` (for encoders that
     write their own container heads, e.g. protocol.senml's record fast path)."""
     _encode_into(obj, out, 0)
+
+
+# ---------------------------------------------------------------- plain fast path
+
+PLAIN_MAX_DEPTH = 16  # containers `plain_dumps` follows by default; deeper values: None
+# Canonical key orders of str-keyed maps, per key tuple: records of one shape repeat their
+# key set, and encoding and sorting the keys is most of a small map's cost. Cleared when
+# full; small on MicroPython, where RAM is scarce.
+_KEY_ORDER_LIMIT = 256 if sys.implementation.name == "cpython" else 16
+_key_orders = {}
+
+
+def plain_dumps(obj, max_depth=PLAIN_MAX_DEPTH):
+    """`dumps(obj)` for a plain value, faster; None for any other value, and then `dumps`
+    (which encodes or refuses it) is the caller's fallback. Never raises.
+
+    Plain is the JSON data model (RFC 8259) in exact built-in types: None, bool, int in
+    [-2**64, 2**64-1], finite float, str, list, and dict whose keys are all str, with
+    containers nested at most `max_depth` (capped at MAX_ENCODE_DEPTH) deep. Not plain:
+    tuples, bytes, Tag, a subclass of any type, NaN, infinities, text UTF-8 cannot encode.
+    So JSON text of a plain value reads back equal, in the same types.
+    """
+    out = bytearray()
+    try:
+        plain = _put_plain(out, obj, max_depth if max_depth < MAX_ENCODE_DEPTH
+                           else MAX_ENCODE_DEPTH)
+    except ValueError:  # an int past 64 bits, a lone surrogate (UnicodeError): not plain
+        return None
+    return _bytes(out) if plain else None
+
+
+def _put_plain(out, obj, depth):
+    """Append the encoding of `obj` to `out` if it is plain, else return False (`out`
+    part-written) or raise ValueError. `depth`: how many more containers may open.
+    Scalars are written by the general encoder; this adds the plain-model checks and a
+    cached key order for str-keyed maps."""
+    kind = _type(obj)
+    if kind is _dict:
+        if depth <= 0:
+            return False
+        keys = tuple(obj)
+        for key in keys:
+            if _type(key) is not _str:
+                return False
+        order = _key_orders.get(keys)
+        if order is None:
+            order = _str_key_order(keys)
+        _put_head(out, 0xA0, _len(keys))
+        for key_bytes, key in order:
+            out += key_bytes
+            value = obj[key]
+            kind = _type(value)
+            # Most values are short text or counts: those are written without a call.
+            if kind is _str:
+                raw = value.encode("utf-8")
+                if _len(raw) < 24:
+                    out.append(0x60 | _len(raw))
+                else:
+                    _put_head(out, 0x60, _len(raw))
+                out += raw
+            elif kind is _int and 0 <= value <= UINT64_MAX:
+                _put_head(out, 0x00, value)
+            elif not _put_plain(out, value, depth - 1):
+                return False
+    elif kind is _list:
+        if depth <= 0:
+            return False
+        _put_head(out, 0x80, _len(obj))
+        for item in obj:
+            if not _put_plain(out, item, depth - 1):
+                return False
+    elif (kind is _str or kind is _int or obj is None or obj is True or obj is False
+          or (kind is _float and obj - obj == 0.0)):  # inf - inf and NaN are NaN
+        _encode_into(obj, out, 0)
+    else:
+        return False
+    return True
+
+
+def _str_key_order(keys):
+    """((key bytes, key), ...) for the tuple of str `keys` in canonical order; cached."""
+    order = [(_encode_key(key, 0), key) for key in keys]
+    order.sort(key=_key_order)
+    order = tuple(order)
+    if _len(_key_orders) >= _KEY_ORDER_LIMIT:
+        _key_orders.clear()
+    _key_orders[keys] = order
+    return order
 
 
 # ---------------------------------------------------------------- decoder
@@ -620,7 +715,7 @@ def _decode(data, max_depth, max_items, strict):
             if kind == map_frame:
                 if not frame[4]:
                     kind = type_of(value)
-                    if strict or (kind is not int and kind is not str):
+                    if strict or (kind is not _int and kind is not _str):
                         _accept_key(data, frame, value, pos, strict)
                     elif value in frame[1]:
                         raise DecodeError("duplicate map key at offset %d" % frame[5])
@@ -663,7 +758,7 @@ def _accept_key(data, frame, key, pos, strict):
             )
         frame[6] = key_bytes
     kind = _type(key)
-    if kind is not int and kind is not str:
+    if kind is not _int and kind is not _str:
         try:
             hash(key)
         except TypeError:
@@ -672,7 +767,7 @@ def _accept_key(data, frame, key, pos, strict):
             ) from None
     if key in frame[1]:
         raise DecodeError("duplicate map key at offset %d" % key_start)
-    if kind is float or kind is Tag:
+    if kind is _float or kind is Tag:
         # NaN != NaN, so the dict alone lets repeated NaN-bearing keys through; compare
         # their canonical encodings instead (every NaN encodes as f97e00).
         try:

@@ -57,6 +57,11 @@ REASONS = (EDITED, DELETED, REORDERED, INSERTED, WRONG_START, CHECKPOINT_MISMATC
            FORGED_CHECKPOINT, CHECKPOINT_MISSING, FORKED, TRUNCATED, MALFORMED)
 
 
+# Containers details may nest, the details map itself included (deeper is not of the format).
+MAX_DETAILS_DEPTH = 4
+_BODY_DEPTH = 1 + MAX_DETAILS_DEPTH  # the body map holds the details map
+
+
 class FormatError(ValueError):
     """Input that is not an entry, checkpoint or export of this format."""
 
@@ -111,124 +116,16 @@ def entry_body(seq: int, time_ms: int, kind: str, actor: str, subject: str,
     return body
 
 
-# The body's map keys in length-first order (RFC 8949 §4.2.3): seq, kind, time, actor,
-# details, subject. Their encodings are constants, so only the values are encoded per entry.
-_BODY_SEQ = b"\xa6\x63seq"
-_BODY_KIND = b"\x64kind"
-_BODY_TIME = b"\x64time"
-_BODY_ACTOR = b"\x65actor"
-_BODY_DETAILS = b"\x67details"
-_BODY_SUBJECT = b"\x67subject"
-_UINT64_LIMIT = 1 << 64
-_put_head = cbor.encode_head_into
-# Detail key sets repeat (one per kind and set of optional fields): their encodings in
-# canonical order, remembered per key tuple. Bounded: cleared when full.
-_KEY_ORDER_LIMIT = 512
-_key_orders: dict[tuple[str, ...], tuple[tuple[bytes, str], ...]] = {}
-
-
-def _canonical_keys(keys: tuple[str, ...]) -> tuple[tuple[bytes, str], ...]:
-    order = _key_orders.get(keys)
-    if order is None:
-        encoded = []
-        for key in keys:
-            raw = key.encode("utf-8")
-            head = bytearray()
-            _put_head(head, 0x60, len(raw))
-            encoded.append((bytes(head) + raw, key))
-        encoded.sort(key=lambda pair: (len(pair[0]), pair[0]))
-        order = tuple(encoded)
-        if len(_key_orders) >= _KEY_ORDER_LIMIT:
-            _key_orders.clear()
-        _key_orders[keys] = order
-    return order
-
-
-def _put_text(out: bytearray, text: str) -> None:
-    raw = text.encode("utf-8")
-    if len(raw) < 24:  # the head is one byte (what encode_head_into writes, inline)
-        out.append(0x60 | len(raw))
-    else:
-        _put_head(out, 0x60, len(raw))
-    out += raw
-
-
-def _put_plain(out: bytearray, value: object) -> bool:
-    """Append the CBOR of a plain JSON-model scalar (exact str, int within 64 bits, finite
-    float, bool, None) or of a list of them; False, with `out` part-written, otherwise."""
-    vtype = type(value)
-    if vtype is str:
-        _put_text(out, value)  # type: ignore[arg-type]
-    elif vtype is int:
-        if 0 <= value < 24:  # type: ignore[operator]
-            out.append(value)  # type: ignore[arg-type]
-        elif 0 <= value < _UINT64_LIMIT:  # type: ignore[operator]
-            _put_head(out, 0x00, value)
-        elif -_UINT64_LIMIT <= value < 0:  # type: ignore[operator]
-            _put_head(out, 0x20, -1 - value)  # type: ignore[operator]
-        else:
-            return False
-    elif vtype is float:
-        if value - value != 0.0:  # type: ignore[operator]  # inf or nan: not JSON
-            return False
-        out += cbor.float_bytes(value)
-    elif value is None:
-        out.append(0xF6)
-    elif value is True:
-        out.append(0xF5)
-    elif value is False:
-        out.append(0xF4)
-    elif vtype is list:
-        _put_head(out, 0x80, len(value))  # type: ignore[arg-type]
-        for item in value:  # type: ignore[attr-defined]
-            if type(item) is list or not _put_plain(out, item):
-                return False
-    else:
-        return False
-    return True
-
-
 def plain_entry_body(seq: int, time_ms: int, kind: str, actor: str, subject: str,
                      details: Mapping[str, Any]) -> bytes | None:
-    """`entry_body` for the common case, encoded directly: exact str fields and keys,
-    seq and time in 0..2**64-1, a dict of plain JSON values (str, int, finite float, bool,
-    None, flat lists of those). None for anything else (a tuple, a str or int subclass, a
-    nested map, a value JSON would change): the caller then takes the general path.
-    For the values it accepts, reading the stored JSON back gives the same values, so the
-    hash covers exactly what the row holds without a JSON round trip."""
-    if (type(seq) is not int or type(time_ms) is not int or type(details) is not dict
-            or type(kind) is not str or type(actor) is not str or type(subject) is not str
-            or not 0 <= seq < _UINT64_LIMIT or not 0 <= time_ms < _UINT64_LIMIT):
-        return None
-    keys = tuple(details)
-    for key in keys:
-        if type(key) is not str:
-            return None
-    out = bytearray(_BODY_SEQ)
-    _put_head(out, 0x00, seq)
-    out += _BODY_KIND
-    _put_text(out, kind)
-    out += _BODY_TIME
-    _put_head(out, 0x00, time_ms)
-    out += _BODY_ACTOR
-    _put_text(out, actor)
-    out += _BODY_DETAILS
-    _put_head(out, 0xA0, len(keys))
-    for key_bytes, key in _canonical_keys(keys):
-        out += key_bytes
-        value = details[key]
-        if type(value) is str:  # most details are text: skip the call
-            raw = value.encode("utf-8")
-            if len(raw) < 24:
-                out.append(0x60 | len(raw))
-            else:
-                _put_head(out, 0x60, len(raw))
-            out += raw
-        elif not _put_plain(out, value):
-            return None
-    out += _BODY_SUBJECT
-    _put_text(out, subject)
-    return bytes(out)
+    """`entry_body` by protocol.cbor's fast path when every field is a plain JSON value
+    (`cbor.plain_dumps`: exact str, int within 64 bits, finite float, bool, None, lists and
+    str-keyed dicts, details nested at most MAX_DETAILS_DEPTH deep); None for anything else
+    (a tuple, a str or int subclass, a Mapping that is not a dict): the caller then takes
+    the general path. For the values it accepts, reading the stored JSON back gives the
+    same values, so the hash covers exactly what the row holds without a JSON round trip."""
+    return cbor.plain_dumps({"seq": seq, "time": time_ms, "kind": kind, "actor": actor,
+                             "subject": subject, "details": details}, _BODY_DEPTH)
 
 
 def entry_hash(prev: bytes, body: bytes) -> bytes:
@@ -293,11 +190,11 @@ def _check_value(value: object, depth: int = 0) -> None:
         if value != value or value in (float("inf"), float("-inf")):
             raise FormatError("non-finite number")
         return
-    if depth < 4 and isinstance(value, list):
+    if depth < MAX_DETAILS_DEPTH and isinstance(value, list):
         for item in value:
             _check_value(item, depth + 1)
         return
-    if depth < 4 and isinstance(value, dict):
+    if depth < MAX_DETAILS_DEPTH and isinstance(value, dict):
         for key, item in value.items():
             _check_text("a details key", key)
             _check_value(item, depth + 1)

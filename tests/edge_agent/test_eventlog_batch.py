@@ -5,7 +5,8 @@ writes exactly what the per-entry path wrote, and stays all-or-nothing.
   a seeded sequence of every kind (eventlog_golden.py); today's recorder path and today's
   public `append` must write byte-identical rows (seq, time, kind, actor, subject, details
   JSON, prev, hash; and, for the recorder path, the signed checkpoints);
-- the direct body encoder (chain.plain_entry_body) equals the general CBOR encoder;
+- the body by protocol.cbor's plain fast path (chain.plain_entry_body) equals the general
+  CBOR encoder, and the fast path takes only details the stored JSON gives back unchanged;
 - a journal written by the batch path verifies (file and export, via the CLI);
 - a disk error in the middle of a batch commits nothing, and the recorder's retry writes
   every entry once, in order;
@@ -134,11 +135,30 @@ def test_direct_body_declines_what_json_would_change() -> None:
     base = ("agent.started", "agent", "s")
     for details in ({"a": (1,)}, {"a": golden.Label("x")}, {"a": golden.Code.SUCCESS},
                     {golden.Label("a"): 1}, {"a": float("inf")}, {"a": 1 << 64},
-                    {"a": [[1]]}, {"a": {"b": 1}}, {1: "x"}):
+                    {"a": [(1,)]}, {"a": {"b": golden.Label("c")}}, {1: "x"}):
         assert chain.plain_entry_body(1, 2, *base, details) is None, details
-    assert chain.plain_entry_body(True, 2, *base, {}) is None
-    assert chain.plain_entry_body(1, -2, *base, {}) is None
-    assert chain.plain_entry_body(1, 2, *base, {"a": [1, "x", None, 1.5, True]}) is not None
+    for details in ({"a": [1, "x", None, 1.5, True]}, {"a": [[1]]}, {"a": {"b": [1.5]}}):
+        # JSON gives these back unchanged: no round trip needed
+        assert chain.details_from_json(chain.details_to_json(details)) == details
+        body = chain.plain_entry_body(1, 2, *base, details)
+        assert body == cbor.dumps({"seq": 1, "time": 2, "kind": base[0], "actor": base[1],
+                                   "subject": base[2], "details": details})
+
+
+def test_direct_body_takes_only_details_a_row_can_read_back() -> None:
+    """Details nested deeper than the format allows must take the general path, whose JSON
+    round trip refuses them, rather than be hashed into a row that cannot be read back."""
+    base = ("agent.started", "agent", "s")
+    inner: Any = 1
+    for level in range(chain.MAX_DETAILS_DEPTH - 1):  # the details map is the first level
+        inner = [inner] if level % 2 else {"b": inner}
+    details = {"a": inner}
+    assert chain.plain_entry_body(1, 2, *base, details) is not None
+    assert chain.details_from_json(chain.details_to_json(details)) == details
+    deeper = {"a": [inner]}
+    assert chain.plain_entry_body(1, 2, *base, deeper) is None
+    with pytest.raises(chain.FormatError):
+        chain.details_from_json(chain.details_to_json(deeper))
 
 
 # ---------------------------------------------------------------- verification

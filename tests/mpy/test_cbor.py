@@ -382,3 +382,22 @@ def test_huge_declared_lengths_fail_fast():
     ]:
         err = _raises(DecodeError, cbor.loads, unhexlify(hexed))
         assert "remain" in str(err), hexed
+
+
+def test_plain_dumps_equals_dumps_or_declines():
+    plain = [None, True, False, 0, 23, 24, -24, -25, 255, 256, 65535, 65536, 2 ** 32,
+             2 ** 64 - 1, -2 ** 64, 0.0, -0.0, 1.5, 72.3, 1e300, "", "a", "\u00e9" * 20,
+             "x" * 300, [], [1, "a", None, 2.5], {},
+             {"b": 1, "a": [1, 2], "\u00e9": {"zz": "y"}, "a" * 24: 3}]
+    for value in plain:
+        assert cbor.plain_dumps(value) == cbor.dumps(value), value
+    for value in (float("nan"), float("inf"), 2 ** 64, -2 ** 64 - 1, b"x", (1,),
+                  cbor.Tag(1, 2), {1: 2}, [1, (2,)], {"a": {"b": b""}}):
+        assert cbor.plain_dumps(value) is None, value
+    deep = 1
+    for _ in range(200):
+        deep = [deep]
+    assert cbor.plain_dumps(deep, 1000) is None
+    for i in range(40):  # the key-order cache stays bounded and exact
+        value = {"k%d" % i: i, "x": None}
+        assert cbor.plain_dumps(value) == cbor.dumps(value)
