@@ -138,18 +138,19 @@ class AlarmPath:
     # -- inputs (synchronous, on the event loop) ------------------------------------------------
 
     def is_critical(self, reading: Reading) -> bool:
-        """Priority 1 for a reading graded at least the configured grade by the patient's
-        limits (the verifier's `critical` callback)."""
+        """Priority 1 for a reading whose value the evaluator, in its state now, grades at
+        least the configured grade (the verifier's `critical` callback): the limits come from
+        `Evaluator.limits_for` (limits in force, SpO2 bands by the observed oxygen), and a
+        value in another unit than its limits is not graded, as in `evaluate`. The artefact
+        guards are not applied: an artefact may get priority 1, a real value is never
+        denied it."""
         value = reading.value
         kind = type(value)
         if kind is not float and kind is not int and (
                 isinstance(value, bool) or not isinstance(value, int | float)):
             return False
-        # The evaluator's caches: resolved limits per patient (until the next validity
-        # boundary or override) and their per-quantity answers.
-        limits = self.evaluator.limits.resolve(reading.patient, reading.time).for_quantity(
-            reading.quantity)
-        if limits is None:
+        limits = self.evaluator.limits_for(reading)  # cached per patient and oxygen state
+        if limits is None or reading.unit != limits.unit:
             return False
         low, high = limits.grades(float(value))  # two comparisons for a calm value
         if low is None:

@@ -625,9 +625,7 @@ class Evaluator:
                             t, f"battery {reading.value:g} %", value=reading.value)
             return out
         resolved = self.limits.resolve(patient, t)
-        vitals_state = self._patients.get(patient)
-        observed_oxygen = self._fresh_oxygen(vitals_state, t)
-        limits = resolved.for_quantity(quantity, observed_oxygen)
+        limits = self.limits_for(reading, resolved)
         immediate = reading.manual or rules.spot
         if limits is not None:
             self._thresholds(out, reading, keys, rules, limits, resolved, immediate)
@@ -636,6 +634,21 @@ class Evaluator:
         if rules.parameter is not None:
             self._observe(out, reading, rules.parameter, immediate)
         return out
+
+    def limits_for(self, reading: Reading,
+                   resolved: ResolvedLimits | None = None) -> QuantityLimits | None:
+        """The limits `evaluate` grades this reading's value with, given the state now: the
+        patient's limits in force at the reading's time, with the SpO2 bands chosen by an
+        `o2` observation within `news2_freshness` of it (else the prescribed oxygen state).
+        None: the quantity has no limits. resolved: `limits.resolve(patient, time)`, when
+        the caller has it already. `evaluate` and AlarmPath.is_critical both ask here."""
+        patient, t = reading.patient, reading.time
+        if resolved is None:
+            resolved = self.limits.resolve(patient, t)
+        state = self._patients.get(patient)
+        if state is None or state.oxygen is None:  # the usual case, without a call
+            return resolved.for_quantity(reading.quantity)
+        return resolved.for_quantity(reading.quantity, self._fresh_oxygen(state, t))
 
     def _passes_artefact_guards(self, out: list[Condition], reading: Reading, keys: _DeviceKeys,
                                 rules: _QuantityRules) -> bool:
