@@ -1,6 +1,6 @@
 """Golden trace of the rules engine: seeded input streams and every decision on them.
 
-The fixture `data/rules_golden.json` was recorded with the evaluator as it was BEFORE the
+The fixture `data/rules_golden.json.gz` was recorded with the evaluator as it was BEFORE the
 performance pass of session 3 (commit 41578f5) plus one deliberate change of behaviour made
 on that old code (a finger-off or sensor-off flag raises `sensor-off:<device>` at once, the
 detail naming the cause; docs/alarms.md), never with the optimised code.
@@ -29,6 +29,7 @@ error it raised), encoded by `encode_conditions`.
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import random
@@ -61,7 +62,9 @@ from edge_agent.alarms.limits import (
 )
 from protocol.errors import ValidationError
 
-FIXTURE = Path(__file__).resolve().parent / "data" / "rules_golden.json"
+# gzip-compressed JSON (2 MB of text otherwise); gzip with mtime 0, so a rewrite of the same
+# decisions gives the same bytes.
+FIXTURE = Path(__file__).resolve().parent / "data" / "rules_golden.json.gz"
 
 Event = list[Any]
 
@@ -389,7 +392,8 @@ if __name__ == "__main__":
                  "pass --rewrite only for a deliberate change of the rules' behaviour")
     FIXTURE.parent.mkdir(parents=True, exist_ok=True)
     data = record()
-    FIXTURE.write_text(json.dumps(data, separators=(",", ":")) + "\n")
+    text = json.dumps(data, separators=(",", ":")) + "\n"
+    FIXTURE.write_bytes(gzip.compress(text.encode(), mtime=0))
     total = sum(len(s["events"]) for s in data["streams"])
     decided = sum(len(s["decisions"]) for s in data["streams"])
     print(f"{FIXTURE}: {len(data['streams'])} streams, {total} events, {decided} with decisions")

@@ -4,6 +4,7 @@ every refused input, and the conditions left active at the end of each stream.""
 
 from __future__ import annotations
 
+import gzip
 import json
 from functools import cache
 from typing import Any
@@ -15,7 +16,7 @@ from tests.edge_agent import rules_golden
 
 @cache
 def _fixture() -> dict[str, Any]:
-    return json.loads(rules_golden.FIXTURE.read_text())
+    return json.loads(gzip.decompress(rules_golden.FIXTURE.read_bytes()))
 
 
 def _names() -> list[str]:
