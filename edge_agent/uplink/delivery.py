@@ -495,17 +495,15 @@ class Delivery:
         ):
             if limited and not self._routine_budget_left():
                 break
-            if urgent_busy():
-                # An alarm is between its append and its hand-over: end the slice after
-                # this row so the loop reaches the hand-over (and the readings) sooner.
-                self._yield_soon()
-                started = clock()
-                self._publish(self._ready_routine.popleft())
-                self._budget -= clock() - started
-                break
+            alarm_waiting = urgent_busy()
             started = clock()
             self._publish(self._ready_routine.popleft())
             self._budget -= clock() - started
+            if alarm_waiting:
+                # An alarm is between its append and its hand-over: end the slice after
+                # this row so the loop reaches the hand-over (and the readings) sooner.
+                self._yield_soon()
+                break
         if self.config.prefetch - len(self._ready_routine) >= self._chunk:
             self._wake.set()  # time to claim more
 
