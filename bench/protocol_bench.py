@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge_agent.pipeline import verifier as v  # noqa: E402
-from protocol import cbor, cose, crypto, sealing, senml  # noqa: E402
+from protocol import cbor, cose, crypto, messages, sealing, senml  # noqa: E402
 from protocol.errors import ProtocolError, SealError, ValidationError  # noqa: E402
 
 BATCH = 10
@@ -136,11 +136,25 @@ def micropython_figures() -> dict[str, float]:
 # process. Every OLD and NEW verdict is compared: the figure is void if any differs.
 
 
+def sealed_batch(sess: Any, index: int) -> bytes:
+    """Batch `index` of ox-1 under `sess`: BATCH readings (SpO2 and pulse, one pair a
+    second), seqs and times running on from the batches before it."""
+    records = []
+    for k in range(BATCH // 2):
+        second = index * (BATCH // 2) + k
+        seq = index * BATCH + 2 * k
+        records += [senml.make_record("spo2", 96 + second // 7 % 3, time=T0 + second, seq=seq),
+                    senml.make_record("pr", 70 + second // 5 % 7, time=T0 + second,
+                                      seq=seq + 1)]
+    return messages.encode("sealed", sealing.seal_batch(
+        sess.device_mac_key, sess.kid, records, "urn:dev:vb:ox-1:"))
+
+
 def _verify_home(tmp: Path) -> tuple[Any, Any, Any]:
     """-> (sessions, directory, a function sealing batch i as a message): one enrolled
     device with an open session, bound to a patient."""
     from edge_agent.pipeline import GatewayKeys, MemoryDirectory, SessionTable, StateStore
-    from protocol import crypto, cwt, messages, session
+    from protocol import cwt, session
 
     keys = GatewayKeys("gw-1", bytes(range(32)), bytes(range(32, 64)))
     directory = MemoryDirectory(keys)
@@ -162,16 +176,7 @@ def _verify_home(tmp: Path) -> tuple[Any, Any, Any]:
     sess = handshake.finish(messages.decode(verdict.reply)[1])
 
     def sealed(index: int) -> bytes:
-        records = []
-        for k in range(BATCH // 2):
-            second = index * (BATCH // 2) + k
-            seq = index * BATCH + 2 * k
-            records += [senml.make_record("spo2", 96 + second // 7 % 3, time=T0 + second,
-                                          seq=seq),
-                        senml.make_record("pr", 70 + second // 5 % 7, time=T0 + second,
-                                          seq=seq + 1)]
-        return messages.encode("sealed", sealing.seal_batch(
-            sess.device_mac_key, sess.kid, records, "urn:dev:vb:ox-1:"))
+        return sealed_batch(sess, index)
 
     return sessions, directory, sealed
 
@@ -591,7 +596,7 @@ def path_figures(rounds: int, batches: int, profile: bool = False) -> dict[str, 
     from edge_agent.alarms.limits import LimitsBook
     from edge_agent.pipeline import SessionTable, StateStore
     from edge_agent.pipeline import verifier as new_verifier_module
-    from protocol import messages, session
+    from protocol import session
     from simulator.agent_home import provision_home
 
     old_modules = _load_path_old(PATH_OLD_REV)
@@ -630,16 +635,7 @@ def path_figures(rounds: int, batches: int, profile: bool = False) -> dict[str, 
             side.sessions.get(sess.session_id).first_seq = 0
 
         def sealed(index: int) -> bytes:
-            records = []
-            for k in range(BATCH // 2):
-                second = index * (BATCH // 2) + k
-                seq = index * BATCH + 2 * k
-                records += [senml.make_record("spo2", 96 + second // 7 % 3, time=T0 + second,
-                                              seq=seq),
-                            senml.make_record("pr", 70 + second // 5 % 7, time=T0 + second,
-                                              seq=seq + 1)]
-            return messages.encode("sealed", sealing.seal_batch(
-                sess.device_mac_key, sess.kid, records, "urn:dev:vb:ox-1:"))
+            return sealed_batch(sess, index)
 
         # Every round verifies new batches (they are committed): seqs run on over the rounds,
         # past the replay window, as on a gateway that has been up a while.
