@@ -170,9 +170,13 @@ def test_forged_receipts_never_mark_anything_received(rig: AgentRig,
     for _ in range(3):
         device.send([("spo2", 97), ("pr", 72)])
     assert rig.settle(device)
-    assert eventually(lambda: _states(rig).get("sent", 0) >= 3), _states(rig)
-    digests = [bytes(r[0]) for r in rig.journal(
-        "SELECT digest FROM messages WHERE state = 'sent' AND kind = 'readings'")]
+    # Wait for the readings rows themselves: other rows (events) may be sent first.
+    def sent_readings() -> list[bytes]:
+        return [bytes(r[0]) for r in rig.journal(
+            "SELECT digest FROM messages WHERE state = 'sent' AND kind = 'readings'")]
+
+    assert eventually(lambda: len(sent_readings()) >= 3), _states(rig)
+    digests = sent_readings()
     assert rig.service is not None
     counters = rig.service.delivery.counters
     invalid_before, unknown_before = counters().receipts_invalid, counters().receipts_unknown
